@@ -1,0 +1,142 @@
+"""Architecture table: everything that differs between Mochi and Wan, as data looked up by name.
+
+The trainer, sampler and triplet never branch on the architecture name; they read these fields.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+ROLES = ("relation", "subject1", "subject2", "ffn")
+INFERENCE_ROLES = ("relation", "ffn")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One video-DiT family.
+
+    Flow convention (both families): z_σ = (1 − σ)·z0 + σ·ε, σ ∈ [0, 1], σ = 1 is pure noise.
+    `timestep_of_sigma` is what the transformer's `timestep` argument receives, and `output_sign` maps its
+    output onto our canonical velocity dz/dσ = ε − z0 (Wan predicts ε − z0 directly, sign +1; Mochi was trained
+    on u = z0 − ε with timestep 1000·(1 − σ), sign −1; METHOD.md §2, PEERS.md §2.1).
+    """
+
+    name: str
+    transformer_class: str          # diffusers class name
+    role_modules: dict              # role -> module names relative to a transformer block
+    temporal_ratio: int             # causal VAE: pixel frames = 1 + temporal_ratio·(latent frames − 1)
+    spatial_ratio: int              # VAE spatial downsampling
+    latent_channels: int
+    text_max_length: int
+    timestep_reversed: bool         # Mochi: timestep = 1000·(1 − σ)
+    output_sign: float
+    uncond_text: str                # "zeros": all-zero embedding and mask (Mochi); "empty": encode ""
+    sample_schedule: str            # "linear_quadratic" (Mochi) or "shifted" (Wan)
+    sample_shift: float             # flow shift for "shifted" schedules
+    sample_steps: int
+    sample_cfg: float
+    fps: int
+    default_frames: int
+    default_size: tuple             # (height, width)
+    text_mask_kwarg: str | None     # forward kwarg taking the text attention mask, if the model uses one
+    tiny_transformer: dict = field(default_factory=dict)
+
+    def timestep_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """σ in [0, 1] -> the value the transformer expects in its `timestep` argument ([B])."""
+        return (1.0 - sigma) * 1000.0 if self.timestep_reversed else sigma * 1000.0
+
+    def latent_frames(self, pixel_frames: int) -> int:
+        """Latent frame count of a causal VAE; raises ValueError when `pixel_frames` is not 1 + r·k."""
+        r = self.temporal_ratio
+        if pixel_frames < 1 or (pixel_frames - 1) % r:
+            raise ValueError(f"{self.name}: frame count must be {r}k+1 (got {pixel_frames})")
+        return (pixel_frames - 1) // r + 1
+
+    def transformer_kwargs(self, latents, sigma, text, text_mask) -> dict:
+        kwargs = dict(hidden_states=latents, timestep=self.timestep_of_sigma(sigma).to(latents.dtype),
+                      encoder_hidden_states=text, return_dict=False)
+        if self.text_mask_kwarg:
+            kwargs[self.text_mask_kwarg] = text_mask
+        return kwargs
+
+    def velocity(self, transformer, latents, sigma, text, text_mask) -> torch.Tensor:
+        """Canonical velocity ε − z0 predicted by `transformer` at noisy `latents` [B, C, f, h, w], σ [B]."""
+        out = transformer(**self.transformer_kwargs(latents, sigma, text, text_mask))[0]
+        return out * self.output_sign
+
+
+WAN = Architecture(
+    name="wan",
+    transformer_class="WanTransformer3DModel",
+    # Self-attention (video tokens) and cross-attention (text -> video) both carry the triplet: Q/K in both decide
+    # *where* tokens attend (relation), V carries appearance (subjects), out-projections are the "FFN" LoRAs the
+    # reference places on attention outputs. Cross-attn K/V project text, like Mochi's text-stream layers.
+    role_modules={
+        "relation": ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k"),
+        "subject1": ("attn1.to_v", "attn2.to_v"),
+        "subject2": ("attn1.to_v", "attn2.to_v"),
+        "ffn": ("attn1.to_out.0", "attn2.to_out.0"),
+    },
+    temporal_ratio=4,
+    spatial_ratio=8,
+    latent_channels=16,
+    text_max_length=512,
+    timestep_reversed=False,
+    output_sign=1.0,
+    uncond_text="empty",
+    sample_schedule="shifted",
+    sample_shift=3.0,
+    sample_steps=50,
+    sample_cfg=5.0,
+    fps=16,
+    default_frames=81,
+    default_size=(480, 832),
+    text_mask_kwarg=None,
+    tiny_transformer=dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    ),
+)
+
+MOCHI = Architecture(
+    name="mochi",
+    transformer_class="MochiTransformer3DModel",
+    # Joint attention: visual stream (to_q/k/v, to_out.0) and text stream (add_*_proj, to_add_out) each get the
+    # same role groups (METHOD.md §3.1). The last block has no text output projection (to_add_out is None).
+    role_modules={
+        "relation": ("attn1.to_q", "attn1.to_k", "attn1.add_q_proj", "attn1.add_k_proj"),
+        "subject1": ("attn1.to_v", "attn1.add_v_proj"),
+        "subject2": ("attn1.to_v", "attn1.add_v_proj"),
+        "ffn": ("attn1.to_out.0", "attn1.to_add_out"),
+    },
+    temporal_ratio=6,
+    spatial_ratio=8,
+    latent_channels=12,
+    text_max_length=256,
+    timestep_reversed=True,
+    output_sign=-1.0,
+    uncond_text="zeros",
+    sample_schedule="linear_quadratic",
+    sample_shift=1.0,
+    sample_steps=64,
+    sample_cfg=6.0,
+    fps=30,
+    default_frames=61,
+    default_size=(480, 848),
+    text_mask_kwarg="encoder_attention_mask",
+    tiny_transformer=dict(
+        patch_size=2, num_attention_heads=4, attention_head_dim=16, num_layers=2, pooled_projection_dim=32,
+        in_channels=12, text_embed_dim=32, time_embed_dim=32, activation_fn="swiglu", max_sequence_length=16,
+    ),
+)
+
+ARCHITECTURES = {a.name: a for a in (WAN, MOCHI)}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; expected one of {sorted(ARCHITECTURES)}") from None

@@ -1,0 +1,716 @@
+"""Bases: a video-DiT transformer, its text encoder and its latent codec (VAE), bundled with the `Architecture`.
+
+A base is named by a spec string: `tiny-wan` / `tiny-mochi` (tiny random instances of the real diffusers classes, for
+tests and CPU smoke runs), a diffusers pipeline folder, a diffusers transformer folder, or a single-file `.safetensors`
+transformer in the original key layout (as ComfyUI users keep them). Everything is loaded offline from local files,
+only through safetensors or `from_pretrained` (never unpickled), frozen (`requires_grad_(False)`) and in eval mode.
+What differs between the families lives in the `_FAMILIES` table below, not in branches.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+
+from .archs import ARCHITECTURES, Architecture, get_architecture
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TINY_SPECS = {f"tiny-{name}": name for name in ARCHITECTURES}
+TINY_TEXT_LENGTH = 16          # equals the tiny Mochi transformer's max_sequence_length
+_VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLMochi")
+_TEXT_MODEL_CLASSES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}   # by text_encoder/config.json model_type
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text encoders
+# ---------------------------------------------------------------------------------------------------------------------
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Prompts -> (embeddings float32 [B, L, D], attention mask bool [B, L]); `max_length` = L, `dim` = D."""
+
+    max_length: int
+    dim: int
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class HashTextEncoder:
+    """Deterministic toy text encoder for tiny bases: no weights, no vocabulary, identical in every process.
+
+    `encode(prompts)` lower-cases each prompt, splits it into words, and gives word i the vector
+    randn(dim) drawn from a generator seeded by crc32(word) plus a small sinusoidal position term; it returns
+    embeddings float32 [B, max_length, dim] (zero past the last word, words past `max_length` dropped) and a bool
+    mask [B, max_length] that is True on words. An empty prompt gives all zeros and an all-False mask.
+    """
+
+    def __init__(self, dim: int = 32, max_length: int = TINY_TEXT_LENGTH, position_scale: float = 0.1):
+        self.dim, self.max_length, self.position_scale = int(dim), int(max_length), float(position_scale)
+        self._cache: dict[str, torch.Tensor] = {}
+        pos = torch.arange(self.max_length, dtype=torch.float64)[:, None]
+        freq = torch.exp(-math.log(1e4) * torch.arange(0, self.dim, 2, dtype=torch.float64) / self.dim)
+        table = torch.zeros(self.max_length, self.dim, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq)[:, : self.dim // 2]
+        # Order matters in relations ("a dog chases a cat" vs "a cat chases a dog"), hence a position term.
+        self._position = (self.position_scale * table).float()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @staticmethod
+    def words(prompt: str) -> list[str]:
+        return re.findall(r"[\w']+", prompt.lower())
+
+    def _word_vector(self, word: str) -> torch.Tensor:
+        vec = self._cache.get(word)
+        if vec is None:
+            gen = torch.Generator().manual_seed(zlib.crc32(word.encode("utf-8")))
+            vec = self._cache[word] = torch.randn(self.dim, generator=gen)
+        return vec
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts (B strings) -> (embeddings float32 [B, max_length, dim], mask bool [B, max_length])."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        emb = torch.zeros(len(prompts), self.max_length, self.dim)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for b, prompt in enumerate(prompts):
+            for i, word in enumerate(self.words(prompt)[: self.max_length]):
+                emb[b, i] = self._word_vector(word) + self._position[i]
+                mask[b, i] = True
+        return emb, mask
+
+
+class T5TextEncoder:
+    """A transformers T5/UMT5 encoder with its tokenizer, encoding exactly as the diffusers pipelines do.
+
+    `encode(prompts)` tokenizes with padding to `max_length` (truncating), runs the encoder with the attention mask
+    and returns embeddings float32 [B, max_length, d_model] on the encoder's device plus the bool mask [B, max_length].
+    `zero_padding` (Wan, `WanPipeline._get_t5_prompt_embeds`): embeddings past each prompt's token count are set to 0.
+    `zero_empty_prompts` (Mochi, as the original genmo code does): an empty prompt gets all-zero token ids and an
+    all-False mask (diffusers' MochiPipeline applies this to the whole batch when the *last* prompt is empty; we apply
+    it per prompt, which is what the original intends). `clean` is applied to each prompt first (Wan: `prompt_clean`).
+    """
+
+    def __init__(self, tokenizer, model: torch.nn.Module, max_length: int, zero_padding: bool, *,
+                 zero_empty_prompts: bool = False, clean: Callable[[str], str] | None = None):
+        self.tokenizer, self.model, self.max_length = tokenizer, model, int(max_length)
+        self.zero_padding, self.zero_empty_prompts, self.clean = bool(zero_padding), bool(zero_empty_prompts), clean
+        self.dim = int(model.config.d_model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts (B strings) -> (embeddings float32 [B, max_length, d_model], mask bool [B, max_length])."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if self.clean is not None:
+            prompts = [self.clean(p) for p in prompts]
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                                add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = tokens.input_ids, tokens.attention_mask.bool()
+        if self.zero_empty_prompts:
+            empty = torch.tensor([p == "" for p in prompts], dtype=torch.bool)
+            ids[empty] = 0
+            mask[empty] = False
+        device = self.device
+        with torch.no_grad():
+            emb = self.model(ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float()
+        mask = mask.to(device)
+        if self.zero_padding:
+            # Wan keeps the first seq_len = mask.sum() vectors of each prompt and pads with zeros.
+            seq_len = mask.sum(dim=1, keepdim=True)
+            keep = torch.arange(self.max_length, device=device)[None, :] < seq_len
+            emb = emb * keep[..., None]
+        return emb, mask
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Latent codec
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _config_value(cfg, *names, default=None):
+    for name in names:
+        value = cfg.get(name) if isinstance(cfg, dict) else getattr(cfg, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+class LatentCodec:
+    """A diffusers video VAE (AutoencoderKLWan / AutoencoderKLMochi) seen through the model's normalised latents.
+
+    normalised = (z − latents_mean) · scaling_factor / latents_std, per channel (scaling_factor = 1.0 when the VAE
+    config has none, as for Wan). Attributes: `latent_channels`, `temporal_ratio` (pixel frames = 1 + r·(f − 1)),
+    `spatial_ratio`, and `vae` (the wrapped module, e.g. for `codec.vae.enable_tiling()`). The Mochi encoder computes
+    its Fourier features itself, so both families take plain RGB in [-1, 1].
+    """
+
+    def __init__(self, vae: torch.nn.Module):
+        self.vae = vae
+        cfg = vae.config
+        self.latent_channels = int(_config_value(cfg, "z_dim", "latent_channels"))
+        self.temporal_ratio = int(_config_value(vae, "temporal_compression_ratio", default=0)
+                                  or _config_value(cfg, "scale_factor_temporal", default=0)
+                                  or 2 ** sum(bool(x) for x in _config_value(cfg, "temperal_downsample", default=())))
+        self.spatial_ratio = int(_config_value(vae, "spatial_compression_ratio", default=0)
+                                 or _config_value(cfg, "scale_factor_spatial", default=0)
+                                 or 2 ** (len(_config_value(cfg, "dim_mult", default=(1,))) - 1))
+        c = self.latent_channels
+        mean = _config_value(cfg, "latents_mean", default=[0.0] * c)
+        std = _config_value(cfg, "latents_std", default=[1.0] * c)
+        self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1, 1)
+        self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1, 1)
+        self.scaling_factor = float(_config_value(cfg, "scaling_factor", default=1.0))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def to(self, *args, **kwargs) -> "LatentCodec":
+        self.vae.to(*args, **kwargs)
+        return self
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, f, h, w) of the latents of a [*, 3, frames, height, width] video; ValueError if the size does not fit."""
+        r, s = self.temporal_ratio, self.spatial_ratio
+        if frames < 1 or (frames - 1) % r:
+            raise ValueError(f"frame count must be {r}k+1 for this VAE (got {frames})")
+        if height % s or width % s:
+            raise ValueError(f"height and width must be multiples of {s} for this VAE (got {height}x{width})")
+        return self.latent_channels, (frames - 1) // r + 1, height // s, width // s
+
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video [B, 3, F, H, W] in [-1, 1], F = 1 + r·k -> posterior (mean, std), each float32 [B, C, f, h, w]
+        in the normalised latent space, on the VAE's device. No gradient flows (the VAE is frozen)."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected video [B, 3, F, H, W], got {tuple(video.shape)}")
+        self.latent_shape(*video.shape[2:])
+        with torch.no_grad():
+            posterior = self.vae.encode(video.to(self.device, self.dtype)).latent_dist
+            mean, std = posterior.mean.float(), posterior.std.float()
+        m, sd = self.latents_mean.to(mean.device), self.latents_std.to(mean.device)
+        scale = self.scaling_factor / sd
+        return (mean - m) * scale, std * scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, f, h, w] -> video float32 [B, 3, 1 + r·(f − 1), h·s, w·s] clamped to [-1, 1]."""
+        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents [B, {self.latent_channels}, f, h, w], got {tuple(latents.shape)}")
+        z = latents.float().to(self.device)
+        z = z * self.latents_std.to(z.device) / self.scaling_factor + self.latents_mean.to(z.device)
+        with torch.no_grad():
+            video = self.vae.decode(z.to(self.dtype)).sample
+        return video.float().clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Base
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Base:
+    """A loaded base: `arch`, frozen `transformer`, `text_encoder`, `codec` and the `name` it was loaded from."""
+
+    arch: Architecture
+    transformer: torch.nn.Module
+    text_encoder: TextEncoder
+    codec: LatentCodec
+    name: str
+
+    def to(self, device) -> "Base":
+        """Move transformer, VAE and text encoder (when it has weights) to `device`."""
+        self.transformer.to(device)
+        self.codec.to(device)
+        model = getattr(self.text_encoder, "model", None)
+        if model is not None:
+            model.to(device)
+        return self
+
+    def null_text(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unconditional text for CFG / caption dropout: (embeddings [batch, L, D], mask bool [batch, L]), the same
+        shapes as `text_encoder.encode`. arch.uncond_text "zeros" (Mochi): all-zero embeddings and an all-False mask;
+        "empty" (Wan): the encoding of the empty prompt."""
+        if self.arch.uncond_text == "empty":
+            return self.text_encoder.encode([""] * batch)
+        if self.arch.uncond_text != "zeros":
+            raise ValueError(f"unknown uncond_text {self.arch.uncond_text!r}")
+        enc = self.text_encoder
+        if hasattr(enc, "max_length") and hasattr(enc, "dim"):
+            device = getattr(enc, "device", torch.device("cpu"))
+            return (torch.zeros(batch, enc.max_length, enc.dim, device=device),
+                    torch.zeros(batch, enc.max_length, dtype=torch.bool, device=device))
+        emb, mask = enc.encode([""] * batch)   # an encoder without size attributes: take shapes from a real call
+        return torch.zeros_like(emb), torch.zeros_like(mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Family table: everything about loading that differs between Wan and Mochi
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _wan_prompt_clean(text: str) -> str:
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean   # ftfy (optional) + html unescape + whitespace
+    return prompt_clean(text)
+
+
+def _wan_single_file_config(shapes: dict, head_dim: int) -> dict:
+    """Diffusers config fields of a Wan transformer, read off original-key tensor shapes."""
+    patch = shapes["patch_embedding.weight"]          # [dim, in_channels, pt, ph, pw]
+    dim, patch_size = patch[0], list(patch[2:])
+    if dim % head_dim:
+        raise ValueError(f"hidden size {dim} is not a multiple of attention_head_dim {head_dim}; pass "
+                         "config_overrides={'attention_head_dim': ...} or a sidecar .json config")
+    return dict(
+        patch_size=patch_size, in_channels=patch[1], num_attention_heads=dim // head_dim, attention_head_dim=head_dim,
+        out_channels=shapes["head.head.weight"][0] // math.prod(patch_size),
+        text_dim=shapes["text_embedding.0.weight"][1], freq_dim=shapes["time_embedding.0.weight"][1],
+        ffn_dim=shapes["blocks.0.ffn.0.weight"][0], num_layers=_num_blocks(shapes),
+        cross_attn_norm="blocks.0.norm3.weight" in shapes,
+        **({} if "blocks.0.self_attn.norm_q.weight" in shapes else {"qk_norm": None}),
+    )
+
+
+def _mochi_single_file_config(shapes: dict, head_dim: int) -> dict:
+    """Diffusers config fields of a Mochi transformer, read off genmo-key tensor shapes (heads and head size come
+    from `pos_frequencies` [3, heads, head_dim / 2], so `head_dim` is not needed)."""
+    patch = shapes["x_embedder.proj.weight"]          # [dim, in_channels, p, p]
+    freqs = shapes["pos_frequencies"]
+    return dict(
+        patch_size=patch[-1], in_channels=patch[1], num_attention_heads=freqs[1], attention_head_dim=2 * freqs[2],
+        out_channels=shapes["final_layer.linear.weight"][0] // (patch[-1] ** 2),
+        pooled_projection_dim=shapes["t5_yproj.weight"][0], text_embed_dim=shapes["t5_yproj.weight"][1],
+        time_embed_dim=shapes["t_embedder.mlp.0.weight"][1], num_layers=_num_blocks(shapes),
+    )
+
+
+def _wan_convert(checkpoint: dict, config: dict) -> dict:
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    return convert_wan_transformer_to_diffusers(checkpoint)
+
+
+def _mochi_convert(checkpoint: dict, config: dict) -> dict:
+    """genmo Mochi keys -> diffusers keys. Same mapping as diffusers' `convert_mochi_transformer_checkpoint_to_diffusers`,
+    which hard-codes 48 blocks; here the block count comes from the config so smaller files load too."""
+    from diffusers.loaders.single_file_utils import swap_proj_gate, swap_scale_shift
+
+    ck, out = checkpoint, {}
+    top = {"patch_embed.proj": "x_embedder.proj", "time_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+           "time_embed.timestep_embedder.linear_2": "t_embedder.mlp.2", "time_embed.pooler.to_kv": "t5_y_embedder.to_kv",
+           "time_embed.pooler.to_q": "t5_y_embedder.to_q", "time_embed.pooler.to_out": "t5_y_embedder.to_out",
+           "time_embed.caption_proj": "t5_yproj", "proj_out": "final_layer.linear"}
+    for new, old in top.items():
+        for p in ("weight", "bias"):
+            out[f"{new}.{p}"] = ck.pop(f"{old}.{p}")
+    for p in ("weight", "bias"):
+        out[f"norm_out.linear.{p}"] = swap_scale_shift(ck.pop(f"final_layer.mod.{p}"), dim=0)
+    out["pos_frequencies"] = ck.pop("pos_frequencies")
+
+    n = int(config["num_layers"])
+    for i in range(n):
+        new, old, last = f"transformer_blocks.{i}.", f"blocks.{i}.", i == n - 1
+        # The last block is context_pre_only: its text-stream modulation is a single linear and it has no text
+        # output projection or text MLP.
+        ctx_norm = "norm1_context.linear_1" if last else "norm1_context.linear"
+        renames = {"norm1.linear.weight": "mod_x.weight", "norm1.linear.bias": "mod_x.bias",
+                   f"{ctx_norm}.weight": "mod_y.weight", f"{ctx_norm}.bias": "mod_y.bias",
+                   "attn1.norm_q.weight": "attn.q_norm_x.weight", "attn1.norm_k.weight": "attn.k_norm_x.weight",
+                   "attn1.to_out.0.weight": "attn.proj_x.weight", "attn1.to_out.0.bias": "attn.proj_x.bias",
+                   "attn1.norm_added_q.weight": "attn.q_norm_y.weight",
+                   "attn1.norm_added_k.weight": "attn.k_norm_y.weight", "ff.net.2.weight": "mlp_x.w2.weight"}
+        if not last:
+            renames.update({"attn1.to_add_out.weight": "attn.proj_y.weight", "attn1.to_add_out.bias": "attn.proj_y.bias",
+                            "ff_context.net.2.weight": "mlp_y.w2.weight"})
+        for k_new, k_old in renames.items():
+            out[new + k_new] = ck.pop(old + k_old)
+        for stream, names in (("x", ("to_q", "to_k", "to_v")), ("y", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+            for name, w in zip(names, ck.pop(f"{old}attn.qkv_{stream}.weight").chunk(3, dim=0)):
+                out[f"{new}attn1.{name}.weight"] = w
+        out[new + "ff.net.0.proj.weight"] = swap_proj_gate(ck.pop(old + "mlp_x.w1.weight"))
+        if not last:
+            out[new + "ff_context.net.0.proj.weight"] = swap_proj_gate(ck.pop(old + "mlp_y.w1.weight"))
+    out.update(ck)   # anything left is reported as unexpected by the strict key check
+    return out
+
+
+@dataclass(frozen=True)
+class _Family:
+    tiny_vae_class: str
+    tiny_vae: dict
+    text_dim_key: str               # transformer config field holding the text embedding size
+    text_model_class: str           # transformers encoder class when text_encoder/config.json does not say
+    zero_padding: bool
+    zero_empty_prompts: bool
+    clean: Callable[[str], str] | None
+    marker: str                     # original-layout key (after any prefix) that identifies a single-file checkpoint
+    dim_key: str                    # original-layout tensor whose first dimension is the hidden size
+    unsupported: dict               # original-layout key fragment -> why such a checkpoint is refused
+    templates: dict                 # inner dim -> config template folder under configs/ (None: the default)
+    infer_config: Callable[[dict, int], dict]
+    convert: Callable[[dict, dict], dict]
+
+
+_FAMILIES = {
+    "wan": _Family(
+        # Wan 2.1 VAE at base_dim 8: temporal 4x (two temporal downsamples), spatial 8x (three stages).
+        tiny_vae_class="AutoencoderKLWan",
+        tiny_vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                      temperal_downsample=[False, True, True]),
+        text_dim_key="text_dim", text_model_class="UMT5EncoderModel",
+        zero_padding=True, zero_empty_prompts=False, clean=_wan_prompt_clean,
+        marker="blocks.0.self_attn.q.weight", dim_key="patch_embedding.weight",
+        unsupported={"img_emb.": "image-to-video (img_emb) checkpoints are not supported; use a text-to-video one",
+                     "vace_blocks.": "VACE checkpoints are not supported; use a plain text-to-video one",
+                     "motion_encoder.": "Wan-Animate checkpoints are not supported; use a text-to-video one"},
+        templates={1536: "wan2.1-t2v-1.3b", None: "wan2.1-t2v-14b"},
+        infer_config=_wan_single_file_config, convert=_wan_convert,
+    ),
+    "mochi": _Family(
+        # Mochi VAE at 32 channels (its group norms use 32 groups): temporal 1·2·3 = 6x, spatial 8x.
+        tiny_vae_class="AutoencoderKLMochi",
+        tiny_vae=dict(encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32),
+                      latent_channels=12, layers_per_block=(1, 1, 1, 1, 1),
+                      add_attention_block=(False, True, True, True, True)),
+        text_dim_key="text_embed_dim", text_model_class="T5EncoderModel",
+        zero_padding=False, zero_empty_prompts=True, clean=None,
+        marker="blocks.0.attn.qkv_x.weight", dim_key="x_embedder.proj.weight",
+        unsupported={},
+        templates={None: "mochi-1-preview"},
+        infer_config=_mochi_single_file_config, convert=_mochi_convert,
+    ),
+}
+_CLASS_TO_ARCH = {a.transformer_class: a for a in ARCHITECTURES.values()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _diffusers_class(name: str):
+    import diffusers
+    return getattr(diffusers, name)
+
+
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Floating weights to `dtype`, except those in the class's `_keep_in_fp32_modules`, which stay float32 as
+    diffusers' `from_pretrained` leaves them (Wan: rope, time_embedder, scale_shift_table, norms), so a base behaves
+    the same whichever way it was loaded. Casts tensor data directly: `ModelMixin.to(dtype)` would cast everything
+    (and log a warning saying so)."""
+    keep = list(getattr(module, "_keep_in_fp32_modules", None) or [])
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point():
+            target = torch.float32 if any(m in name.split(".") for m in keep) else dtype
+            if tensor.dtype != target:
+                tensor.data = tensor.data.to(target)
+    return module
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _num_blocks(shapes: dict) -> int:
+    indices = {int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return max(indices) + 1
+
+
+def _resolve_arch(class_name: str | None, arch: str | None, where: str) -> Architecture:
+    """The Architecture named by `arch`, checked against the transformer class `class_name` when both are known."""
+    detected = _CLASS_TO_ARCH.get(class_name) if class_name else None
+    if arch is not None:
+        chosen = get_architecture(arch)
+        if detected is not None and detected is not chosen:
+            raise ValueError(f"{where}: arch={arch!r} was requested but the transformer is a {class_name} "
+                             f"(architecture {detected.name!r})")
+        return chosen
+    if detected is None:
+        raise ValueError(f"{where}: cannot tell the architecture from transformer class {class_name!r}; expected one "
+                         f"of {sorted(_CLASS_TO_ARCH)} or pass arch= (one of {sorted(ARCHITECTURES)})")
+    return detected
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _transformers_dtype_kwarg() -> str:
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"   # `torch_dtype` is deprecated from 4.56 on
+
+
+def _check_components(arch: Architecture, transformer: torch.nn.Module, codec: LatentCodec,
+                      text_encoder: TextEncoder, where: str) -> None:
+    """Refuse pairings that would train silently on garbage (e.g. a Wan 2.2 5B VAE, 48 channels at 16x, with a
+    Wan 2.1 transformer)."""
+    expected = dict(latent_channels=arch.latent_channels, temporal_ratio=arch.temporal_ratio,
+                    spatial_ratio=arch.spatial_ratio)
+    got = {k: getattr(codec, k) for k in expected}
+    if got != expected:
+        raise ValueError(f"{where}: the VAE gives {got} but architecture {arch.name!r} needs {expected}")
+    in_channels = transformer.config.get("in_channels")
+    if in_channels != codec.latent_channels:
+        raise ValueError(f"{where}: transformer in_channels={in_channels} does not match the VAE's "
+                         f"{codec.latent_channels} latent channels")
+    text_dim = transformer.config.get(_FAMILIES[arch.name].text_dim_key)
+    if text_dim != text_encoder.dim:
+        raise ValueError(f"{where}: text encoder width {text_encoder.dim} does not match the transformer's "
+                         f"{_FAMILIES[arch.name].text_dim_key}={text_dim}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiny bases
+# ---------------------------------------------------------------------------------------------------------------------
+
+def build_tiny(arch_name: str, seed: int = 0) -> Base:
+    """A tiny random base of the real diffusers classes for `arch_name` ("wan", "mochi", or "tiny-wan"/"tiny-mochi").
+
+    Deterministic: weights are drawn under a forked RNG seeded with `seed`, so two processes build bit-identical
+    models. Transformer config = `arch.tiny_transformer`; the codec is a tiny random real VAE (Wan: latents
+    [B, 16, (F−1)/4+1, H/8, W/8]; Mochi: [B, 12, (F−1)/6+1, H/8, W/8]); the text encoder is a `HashTextEncoder`
+    with dim = the transformer's text width (32) and max_length 16 (use `base.text_encoder.max_length`).
+    """
+    arch = get_architecture(TINY_SPECS.get(arch_name, arch_name))
+    family = _FAMILIES[arch.name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = _diffusers_class(arch.transformer_class)(**arch.tiny_transformer)
+        vae = _diffusers_class(family.tiny_vae_class)(**family.tiny_vae)
+    cfg = transformer.config
+    text = HashTextEncoder(dim=cfg[family.text_dim_key], max_length=cfg.get("max_sequence_length", TINY_TEXT_LENGTH))
+    codec = LatentCodec(_freeze(vae))
+    _check_components(arch, transformer, codec, text, f"tiny-{arch.name}")
+    return Base(arch=arch, transformer=_freeze(transformer), text_encoder=text, codec=codec, name=f"tiny-{arch.name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Diffusers folders
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _load_components(folder: Path, arch: Architecture, transformer: torch.nn.Module,
+                     dtype: torch.dtype) -> tuple[TextEncoder, LatentCodec]:
+    """Text encoder + codec from a diffusers pipeline folder's `tokenizer/`, `text_encoder/` and `vae/`."""
+    missing = [sub for sub in ("vae", "text_encoder", "tokenizer") if not (folder / sub).is_dir()]
+    if not folder.is_dir() or missing:
+        raise ValueError(f"components folder {str(folder)!r} must be a diffusers pipeline folder with vae/, "
+                         f"text_encoder/ and tokenizer/ (missing: {missing or 'the folder itself'})")
+    family = _FAMILIES[arch.name]
+
+    vae_class = _read_json(folder / "vae" / "config.json").get("_class_name")
+    if vae_class not in _VAE_CLASSES:
+        raise ValueError(f"{folder / 'vae'}: unsupported VAE class {vae_class!r}; expected one of {_VAE_CLASSES}")
+    vae = _diffusers_class(vae_class).from_pretrained(folder / "vae", torch_dtype=dtype, local_files_only=True)
+    codec = LatentCodec(_freeze(_cast(vae, dtype)))
+
+    import transformers
+    model_type = _read_json(folder / "text_encoder" / "config.json").get("model_type")
+    text_class = getattr(transformers, _TEXT_MODEL_CLASSES.get(model_type, family.text_model_class))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    text_model = text_class.from_pretrained(folder / "text_encoder", local_files_only=True,
+                                            **{_transformers_dtype_kwarg(): dtype})
+    # Mochi's transformer records the text length it was trained with; Wan's does not (512, arch.text_max_length).
+    max_length = transformer.config.get("max_sequence_length") or arch.text_max_length
+    text = T5TextEncoder(tokenizer, _freeze(text_model), max_length, family.zero_padding,
+                         zero_empty_prompts=family.zero_empty_prompts, clean=family.clean)
+    return text, codec
+
+
+def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch: str | None) -> Base:
+    if (folder / "transformer" / "config.json").is_file():
+        transformer_dir, default_components = folder / "transformer", folder
+    elif (folder / "config.json").is_file():          # a bare diffusers transformer folder
+        transformer_dir, default_components = folder, None
+    else:
+        raise ValueError(f"{str(folder)!r} is neither a diffusers pipeline folder (transformer/config.json) nor a "
+                         "diffusers transformer folder (config.json)")
+    class_name = _read_json(transformer_dir / "config.json").get("_class_name")
+    architecture = _resolve_arch(class_name, arch, str(transformer_dir))
+    comp = Path(components).expanduser() if components is not None else default_components
+    if comp is None:
+        raise ValueError(f"{str(folder)!r} holds only a transformer; pass components= a diffusers pipeline folder "
+                         "with vae/, text_encoder/ and tokenizer/")
+    transformer = _diffusers_class(architecture.transformer_class).from_pretrained(
+        transformer_dir, torch_dtype=dtype, local_files_only=True)
+    _freeze(_cast(transformer, dtype))
+    text, codec = _load_components(comp, architecture, transformer, dtype)
+    _check_components(architecture, transformer, codec, text, str(folder))
+    return Base(arch=architecture, transformer=transformer, text_encoder=text, codec=codec, name=str(folder))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Single-file transformers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _single_file_header(path: Path) -> dict:
+    """Key -> shape of a .safetensors file, without reading the tensors."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:   # safetensors raises its own error types for truncated / non-safetensors files
+        raise ValueError(f"{path}: not a readable .safetensors file ({e})") from e
+
+
+def _detect_layout(path: Path, shapes: dict) -> tuple[str, str]:
+    """(architecture name, key prefix) of an original-layout transformer checkpoint, or a ValueError naming the file."""
+    for name, family in _FAMILIES.items():
+        for key in shapes:
+            if key.endswith(family.marker) and (key == family.marker or key[-len(family.marker) - 1] == "."):
+                prefix = key[: -len(family.marker)]
+                for fragment, why in family.unsupported.items():
+                    if any(k.startswith(prefix + fragment) for k in shapes):
+                        raise ValueError(f"{path}: {why}")
+                return name, prefix
+    sample = sorted(shapes)[:5]
+    diffusers_like = any(".attn1.to_q." in k for k in shapes)
+    hint = (" These look like diffusers-format keys: load the diffusers folder (with its config.json) instead."
+            if diffusers_like else "")
+    expected = "; ".join(f"{n}: '{f.marker}'" for n, f in _FAMILIES.items())
+    raise ValueError(f"{path}: unrecognised checkpoint keys (e.g. {sample}); expected an original-layout transformer "
+                     f"with keys like {expected}, optionally prefixed 'model.diffusion_model.'.{hint}")
+
+
+def _single_file_config(path: Path, arch: Architecture, shapes: dict, overrides: dict | None) -> dict:
+    """Diffusers config for a single file: template < sidecar `<file>.json` < shapes < `overrides`."""
+    family = _FAMILIES[arch.name]
+    dim = shapes[family.dim_key][0]
+    template = family.templates.get(dim, family.templates[None])
+    config = _read_json(CONFIG_DIR / template / "config.json")
+    sidecar = {}
+    for candidate in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+        if candidate.is_file():
+            sidecar = {k: v for k, v in _read_json(candidate).items() if not k.startswith("_")}
+            break
+    config.update(sidecar)
+    overrides = dict(overrides or {})
+    # Wan's per-head size cannot be read off the tensors: take it from the caller, else derive it from a given head
+    # count, else the template's 128.
+    given = {**sidecar, **overrides}
+    head_dim = given.get("attention_head_dim") or (
+        dim // given["num_attention_heads"] if given.get("num_attention_heads") else config["attention_head_dim"])
+    config.update(family.infer_config(shapes, int(head_dim)))
+    config.update(overrides)
+    config["_class_name"] = arch.transformer_class
+    return config
+
+
+def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, arch: str | None,
+                      config_overrides: dict | None) -> Base:
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: only .safetensors single files are supported (pickled .ckpt/.pt/.pth files are "
+                         "never loaded)")
+    if components is None:
+        raise ValueError(f"{path}: a single-file transformer needs components= a diffusers pipeline folder with "
+                         "vae/, text_encoder/ and tokenizer/ (its transformer/ is not used)")
+    shapes = _single_file_header(path)
+    if "scaled_fp8" in shapes or any(k.endswith(".scale_weight") for k in shapes):
+        raise ValueError(f"{path}: ComfyUI 'scaled fp8' checkpoints are not supported; use a bf16/fp16 file")
+    name, prefix = _detect_layout(path, shapes)
+    architecture = _resolve_arch(get_architecture(name).transformer_class, arch, str(path))
+    shapes = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    try:
+        config = _single_file_config(path, architecture, shapes, config_overrides)
+    except KeyError as e:
+        raise ValueError(f"{path}: looks like a {architecture.name} checkpoint but lacks {e}, needed to read its "
+                         "size; is the file complete?") from None
+    cls = _diffusers_class(architecture.transformer_class)
+
+    from accelerate import init_empty_weights
+    with init_empty_weights():
+        expected = set(cls.from_config(config).state_dict())
+
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        checkpoint = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    try:
+        converted = _FAMILIES[architecture.name].convert(checkpoint, config)
+    except KeyError as e:
+        raise ValueError(f"{path}: checkpoint lacks {e} needed by the {architecture.name} layout "
+                         f"(config {json.dumps({k: config[k] for k in ('num_layers',)})})") from None
+    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match a {cls.__name__} with the inferred config "
+                         f"{ {k: v for k, v in config.items() if not k.startswith('_')} }: missing {missing[:8]}"
+                         f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                         f"{'...' if len(unexpected) > 8 else ''}")
+    with tempfile.TemporaryDirectory(prefix="dreamrelation-config-") as tmp:
+        with open(Path(tmp) / "config.json", "w", encoding="utf-8") as fh:
+            json.dump(config, fh)
+        # Keys already match the model exactly, so from_single_file loads them without converting again.
+        try:
+            # from_single_file ends with a plain `.to(dtype)` (and a warning about it); `_cast` below restores the
+            # float32 modules, as from_pretrained would have kept them.
+            with _quiet("diffusers.models.modeling_utils"):
+                transformer = cls.from_single_file(converted, config=tmp, local_files_only=True, torch_dtype=dtype)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"{path}: loading into {cls.__name__} failed: {e}") from e
+    still_empty = [n for n, p in transformer.named_parameters() if p.is_meta]
+    if still_empty:
+        raise ValueError(f"{path}: weights left unloaded: {still_empty[:8]}")
+    _freeze(_cast(transformer, dtype))
+    text, codec = _load_components(Path(components).expanduser(), architecture, transformer, dtype)
+    _check_components(architecture, transformer, codec, text, str(path))
+    return Base(arch=architecture, transformer=transformer, text_encoder=text, codec=codec, name=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------------
+
+def load_base(spec: str, components: str | None = None, dtype: torch.dtype = torch.float32, arch: str | None = None,
+              *, config_overrides: dict | None = None) -> Base:
+    """Load a base from `spec`, offline, frozen and in eval mode, with weights in `dtype` (tiny text encoders excepted).
+
+    `spec`: "tiny-wan" / "tiny-mochi" (see `build_tiny`); a diffusers pipeline folder (model_index.json,
+    transformer/, vae/, text_encoder/, tokenizer/; `components` may point elsewhere for the last three); a bare
+    diffusers transformer folder (needs `components`); or a single-file original-layout transformer `.safetensors`
+    (Wan keys `blocks.0.self_attn.q.weight`, Mochi genmo keys `blocks.0.attn.qkv_x.weight`, optionally prefixed
+    `model.diffusion_model.`), which needs `components` = a diffusers pipeline folder for vae/text_encoder/tokenizer.
+    A single file's config = the shipped template (configs/) overridden by a sidecar `<file>.json`, then by sizes read
+    off the tensors, then by `config_overrides`. `arch` forces / checks the architecture name ("wan", "mochi").
+    Text from the returned encoder is [B, L, D] with L = `base.text_encoder.max_length`.
+    """
+    if spec in TINY_SPECS:
+        if arch is not None and get_architecture(arch).name != TINY_SPECS[spec]:
+            raise ValueError(f"{spec}: arch={arch!r} does not match")
+        base = build_tiny(spec)
+        _cast(base.transformer, dtype)
+        _cast(base.codec.vae, dtype)
+        return base
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if str(spec).startswith("tiny-"):
+            raise ValueError(f"unknown tiny base {spec!r}; expected one of {sorted(TINY_SPECS)}")
+        raise FileNotFoundError(f"base {spec!r}: no such file or folder (expected one of {sorted(TINY_SPECS)}, a "
+                                "diffusers pipeline folder, or a single-file .safetensors transformer)")
+    if path.is_dir():
+        return _load_folder(path, components, dtype, arch)
+    return _load_single_file(path, components, dtype, arch, config_overrides)

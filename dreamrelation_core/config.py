@@ -1,0 +1,117 @@
+"""Run configuration: a YAML file mapped onto dataclasses; unknown keys are errors naming the key."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .triplet import TripletConfig
+
+
+@dataclass
+class DataConfig:
+    videos: str = ""                 # folder of exemplar videos (files or frame folders)
+    masks: str | None = None         # folder of per-video colour-coded mask folders (default <videos>/masks)
+    caption: str | None = None       # caption for videos without a <stem>.txt (one relation, one caption)
+    frames: int | None = None        # pixel frames per clip (default: the architecture's, 61 Mochi / 81 Wan)
+    height: int | None = None
+    width: int | None = None
+    cache_dir: str | None = None     # default <output_dir>/cache
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2400
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    schedule_steps: int | None = None  # cosine horizon; default = steps (the reference used 3000 for 1800-2400 steps)
+    caption_dropout: float = 0.1
+    mask_weight: float = 50.0
+    hybrid_masks: bool = True          # False: all adapters every step, no mask weighting (ablation)
+    sigma_shift: float = 1.0           # 1 = σ ~ U(0, 1) as the reference
+    seed: int = 0
+    mixed_precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | no
+    base_dtype: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class RCLConfig:
+    enabled: bool = True
+    weight: float = 0.01
+    temperature: float = 0.07
+    n_pos: int = 4
+    n_neg: int = 10
+    positive_bank: int = 10
+    negative_bank: int = 64
+
+
+@dataclass
+class SampleConfig:
+    every: int = 0                     # preview samples every N steps (0 = only at the end if prompts are given)
+    prompts: list = field(default_factory=list)
+    steps: int | None = None
+    cfg: float | None = None
+    seed: int = 12345
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclass
+class RunConfig:
+    base: str = "tiny-wan"
+    components: str | None = None      # diffusers folder with vae/text_encoder/tokenizer for single-file bases
+    name: str = "relation"
+    output_dir: str = "runs/relation"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: TripletConfig = field(default_factory=TripletConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rcl: RCLConfig = field(default_factory=RCLConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _build(cls, values, where: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"config section '{where}' must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
+                         f"expected some of {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+        kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip(".")) \
+            if dataclasses.is_dataclass(default) else value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    return _build(RunConfig, values, "")
+
+
+def load_config(path) -> RunConfig:
+    """Read a YAML run config. Relative data paths are resolved against the YAML file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    config = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    for owner, key in ((config.data, "videos"), (config.data, "masks"), (config.data, "cache_dir"),
+                       (config, "base"), (config, "components")):
+        value = getattr(owner, key)
+        if value and not Path(value).is_absolute() and not str(value).startswith("tiny-"):
+            setattr(owner, key, str((path.parent / value).resolve()))
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,57 @@
+"""Rectified-flow conventions shared by trainer and sampler (METHOD.md §2, §8).
+
+Canonical form: z_σ = (1 − σ)·z0 + σ·ε, velocity v = dz/dσ = ε − z0. Each architecture's own timestep and sign
+conventions are applied in `Architecture.velocity`, so nothing here depends on the model family.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def noisy_latents(z0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """z_σ = (1 − σ)·z0 + σ·ε for `z0`, `noise` [B, C, f, h, w] and σ [B]."""
+    s = sigma.view(-1, *([1] * (z0.dim() - 1))).to(z0)
+    return (1.0 - s) * z0 + s * noise
+
+
+def velocity_target(z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Canonical flow-matching target ε − z0."""
+    return noise - z0
+
+
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """Time shift σ' = s·σ / (1 + (s − 1)·σ) used by Wan (and SD3); shift 1 is the identity."""
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def train_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """σ ~ U(0, 1) per sample (the reference), optionally time-shifted towards noise. [B] float32 on CPU."""
+    return shift_sigma(torch.rand(batch, generator=generator), shift)
+
+
+def linear_quadratic_schedule(steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None):
+    """Mochi's sampling σ schedule, 1 → 0 ([steps + 1], terminal 0 included): the first half linear down to
+    1 − threshold_noise, then quadratic (genmo `linear_quadratic_schedule`, METHOD.md §8)."""
+    if steps == 1:
+        return torch.tensor([1.0, 0.0])
+    linear_steps = steps // 2 if linear_steps is None else linear_steps
+    linear = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+    diff = linear_steps - threshold_noise * steps
+    quadratic_steps = steps - linear_steps
+    quad_coef = diff / (linear_steps * quadratic_steps ** 2)
+    lin_coef = threshold_noise / linear_steps - 2 * diff / (quadratic_steps ** 2)
+    const = quad_coef * linear_steps ** 2
+    quadratic = [quad_coef * i ** 2 + lin_coef * i + const for i in range(linear_steps, steps)]
+    return torch.tensor([1.0 - x for x in linear + quadratic] + [0.0], dtype=torch.float64).float()
+
+
+def shifted_schedule(steps: int, shift: float):
+    """Wan's sampling σ schedule: uniform in σ from 1 to 0, time-shifted ([steps + 1], terminal 0 included)."""
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
+
+
+def sampling_schedule(arch, steps: int, shift: float | None = None) -> torch.Tensor:
+    """The σ schedule the architecture samples with (Mochi linear-quadratic, Wan shifted)."""
+    if arch.sample_schedule == "linear_quadratic":
+        return linear_quadratic_schedule(steps)
+    return shifted_schedule(steps, arch.sample_shift if shift is None else shift)

@@ -1,0 +1,85 @@
+"""Text-to-video sampling: Euler on the flow ODE with classifier-free guidance (METHOD.md §8)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .flow import sampling_schedule
+
+
+def latent_shape(base, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(C, f, h, w) of the latent for a video of `frames` × `height` × `width`; ValueError on sizes the model
+    cannot represent (frames must be r·k+1, sizes multiples of the VAE factor times the patch size)."""
+    arch, config = base.arch, base.transformer.config
+    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[-1]
+    multiple = arch.spatial_ratio * patch
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive multiples of {multiple} for {arch.name} "
+                         f"(got {height}x{width})")
+    return (config.in_channels, arch.latent_frames(frames), height // arch.spatial_ratio, width // arch.spatial_ratio)
+
+
+def transformer_device_dtype(transformer):
+    param = next(transformer.parameters())
+    return param.device, param.dtype
+
+
+@torch.no_grad()
+def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sigmas, cfg: float,
+            progress: bool = True, callback=None) -> torch.Tensor:
+    """Integrate z from σ = sigmas[0] to sigmas[-1] with Euler steps z ← z + (σ_{i+1} − σ_i)·v.
+
+    `noise` [B, C, f, h, w]; text/null [B, L, D] with masks [B, L]; v = v_null + cfg·(v_text − v_null) (cfg 1 skips
+    the unconditional pass). `callback(i, total)` is called after every step (progress, interruption).
+    """
+    device, dtype = transformer_device_dtype(transformer)
+    z = noise.to(device, torch.float32)
+    guided = cfg != 1.0
+    cond = torch.cat([null_text, text]) if guided else text
+    cond_mask = torch.cat([null_mask, text_mask]) if guided else text_mask
+    cond, cond_mask = cond.to(device, dtype), cond_mask.to(device)
+    steps = len(sigmas) - 1
+    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+        batch = torch.cat([z, z]) if guided else z
+        sigma = torch.full((batch.shape[0],), float(sigmas[i]), device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type == "cuda"):
+            v = arch.velocity(transformer, batch.to(dtype), sigma, cond, cond_mask).float()
+        if guided:
+            v_null, v_text = v.chunk(2)
+            v = v_null + cfg * (v_text - v_null)
+        z = z + (float(sigmas[i + 1]) - float(sigmas[i])) * v
+        if callback is not None:
+            callback(i + 1, steps)
+    return z
+
+
+def generate(base, prompt: str, frames: int | None = None, height: int | None = None, width: int | None = None,
+             steps: int | None = None, cfg: float | None = None, seed: int = 0, negative_prompt: str | None = None,
+             shift: float | None = None, progress: bool = True, callback=None) -> torch.Tensor:
+    """Sample one video for `prompt` with whatever LoRAs are active/merged in `base.transformer`.
+
+    Defaults are the architecture's (Mochi 61×480×848, 64 steps, CFG 6; Wan 81×480×832, 50 steps, CFG 5).
+    Returns the decoded video [3, F, H, W] in [-1, 1] (CPU, float32).
+    """
+    arch = base.arch
+    frames = frames or arch.default_frames
+    height, width = height or arch.default_size[0], width or arch.default_size[1]
+    shape = latent_shape(base, frames, height, width)
+    steps = steps or arch.sample_steps
+    cfg = arch.sample_cfg if cfg is None else cfg
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((1, *shape), generator=generator)
+    text, text_mask = base.text_encoder.encode([prompt])
+    null, null_mask = base.text_encoder.encode([negative_prompt]) if negative_prompt else base.null_text(1)
+    sigmas = sampling_schedule(arch, steps, shift)
+    latents = denoise(arch, base.transformer, noise, text, text_mask, null, null_mask, sigmas, cfg, progress, callback)
+    with torch.no_grad():
+        video = base.codec.decode(latents)
+    return video[0].float().cpu().clamp(-1, 1)
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """[3, F, H, W] in [-1, 1] -> uint8 RGB frames [F, H, W, 3]."""
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()

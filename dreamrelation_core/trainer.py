@@ -1,0 +1,279 @@
+"""Relation LoRA triplet training: hybrid mask training + relational contrastive loss (METHOD.md §5-7, §15).
+
+One step: draw an exemplar and a group (relation / subject1 / subject2, 1/3 each), activate that group's adapters,
+noise the cached VAE posterior sample at σ ~ U(0, 1), predict the velocity, and minimise
+MSE + 50·masked MSE + 0.01·RCL. Checkpoints hold everything needed to continue the exact same trajectory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from .archs import INFERENCE_ROLES, ROLES
+from .config import RunConfig, config_to_dict
+from .data import TrainingItem, prepare_training_set
+from .flow import noisy_latents, train_sigmas, velocity_target
+from .formats import atomic_save_safetensors, role_weights, save_relation_lora
+from .losses import RelationalContrastiveBank, _as_random_state, hybrid_mask_loss
+from .masks import GROUPS, group_mask
+from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on CUDA (where supported), fp32 elsewhere; else one of bf16/fp16/fp32/no."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name == "no":
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown precision {name!r}; expected auto, bf16, fp16, fp32 or no")
+    return DTYPES[name]
+
+
+def warmup_cosine(warmup: int, total: int):
+    """LR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total` (the reference schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+@dataclass
+class StepInputs:
+    """Everything random about one training step (drawn by `RelationTrainer.draw`)."""
+
+    item: TrainingItem
+    group: str | None          # None when hybrid mask training is off: all adapters, no mask weighting
+    drop_caption: bool
+    sigma: torch.Tensor        # [1]
+    noise: torch.Tensor        # [1, C, f, h, w]
+    posterior_noise: torch.Tensor
+
+
+class RelationTrainer:
+    """Trains a relation LoRA triplet on `config.base` from the exemplars in `config.data`.
+
+    `base` and `items` may be passed in (tests, ComfyUI); otherwise they are loaded and cached from the config.
+    """
+
+    def __init__(self, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True):
+        from .bases import load_base
+
+        self.config, self.progress = config, progress
+        self.out = Path(output_dir or config.output_dir)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.train.base_dtype, self.device)
+        self.autocast_dtype = resolve_dtype(config.train.mixed_precision, self.device)
+        self.base = base or load_base(config.base, config.components, dtype=self.dtype)
+        self.base.to(self.device)
+        self.arch = self.base.arch
+        cache = Path(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
+        self.items = items if items is not None else prepare_training_set(self.base, config.data, cache, progress)
+        if not self.items:
+            raise ValueError("no training exemplars")
+
+        self.transformer = self.base.transformer
+        self.targets = inject_triplet(self.transformer, self.arch, config.lora)
+        self.params = lora_parameters(self.transformer)
+        if config.train.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
+            self.transformer.enable_gradient_checkpointing()
+        self.transformer.train()
+
+        t = config.train
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        horizon = t.schedule_steps or t.steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(t.warmup_steps, horizon))
+        self.rng = random.Random(t.seed)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        r = config.rcl
+        self.bank = RelationalContrastiveBank(r.n_pos, r.n_neg, r.positive_bank, r.negative_bank, r.temperature,
+                                              seed=t.seed + 1)
+        self.null_text = self.base.null_text(1)
+        self.step = 0
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    def draw(self) -> StepInputs:
+        t = self.config.train
+        item = self.items[self.rng.randrange(len(self.items))]
+        group = self.rng.choice(GROUPS) if t.hybrid_masks else None
+        drop = self.rng.random() < t.caption_dropout
+        sigma = train_sigmas(1, self.generator, t.sigma_shift)
+        shape = (1, *item.latent_mean.shape)
+        noise = torch.randn(shape, generator=self.generator)
+        posterior_noise = torch.randn(shape, generator=self.generator)
+        return StepInputs(item, group, drop, sigma, noise, posterior_noise)
+
+    def loss(self, inputs: StepInputs) -> tuple[torch.Tensor, dict]:
+        """Forward with the drawn group's adapters; returns (total loss, parts). Pushes RCL features to the banks."""
+        device, item = self.device, inputs.item
+        activate(self.transformer, GROUP_ROLES[inputs.group] if inputs.group else ROLES)
+        z0 = (item.latent_mean + item.latent_std * inputs.posterior_noise[0])[None].to(device)
+        noise = inputs.noise.to(device)
+        sigma = inputs.sigma.to(device)
+        text, text_mask = self.null_text if inputs.drop_caption else (item.text[None], item.text_mask[None])
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
+            pred = self.arch.velocity(self.transformer, noisy_latents(z0, noise, sigma).to(self.dtype), sigma,
+                                      text.to(device, self.dtype), text_mask.to(device))
+        target = velocity_target(z0, noise)
+        if inputs.group:
+            rec = hybrid_mask_loss(pred, target, group_mask(item.masks.to(device), inputs.group)[None],
+                                   self.config.train.mask_weight)
+        else:
+            rec = hybrid_mask_loss(pred, target, torch.zeros_like(target[:, 0]), 0.0)
+        rcl = self.bank.loss(pred) if self.config.rcl.enabled else rec.new_zeros(())
+        total = rec + self.config.rcl.weight * rcl
+        return total, {"rec": rec.item(), "rcl": rcl.item()}
+
+    def train_step(self) -> dict:
+        inputs = self.draw()
+        total, parts = self.loss(inputs)
+        total.backward()
+        # The reference multiplies inactive LoRAs by zero, so AdamW still sees a zero gradient for them (momentum
+        # and weight decay move them). We skip their compute but keep that optimiser behaviour.
+        for p in self.params.values():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        record = {"step": self.step, "group": inputs.group, "item": inputs.item.name, "sigma": float(inputs.sigma),
+                  "loss": total.item(), **parts, "lr": lr}
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+    # ---- loop ------------------------------------------------------------------------------------------------
+    def train(self, max_steps: int | None = None, callback=None) -> Path:
+        """Train up to `config.train.steps` (or `max_steps` total, if smaller); save checkpoints and the LoRA.
+
+        `callback(record)` runs after every step; an exception from it (or Ctrl-C) saves a checkpoint first,
+        so the run can be resumed with `resume`. Returns the path of the relation LoRA file.
+        """
+        t = self.config.train
+        end = min(t.steps, max_steps) if max_steps is not None else t.steps
+        bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
+        try:
+            while self.step < end:
+                record = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", group=record["group"])
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.config.sample.every and self.step % self.config.sample.every == 0:
+                    self.preview(f"step_{self.step:06d}")
+                if callback is not None:
+                    callback(record)
+        except BaseException:
+            self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        return self.save_lora()
+
+    # ---- outputs ---------------------------------------------------------------------------------------------
+    def save_lora(self, path=None) -> Path:
+        """Write the inference set (relation + ffn) to `<output_dir>/<name>.safetensors`."""
+        path = Path(path or self.out / f"{self.config.name}.safetensors")
+        captions = sorted({item.caption for item in self.items})
+        info = {"caption": captions[0] if len(captions) == 1 else captions, "steps": self.step,
+                "base": self.base.name, "name": self.config.name}
+        alphas = {role: self.config.lora.alpha_of(role) for role in ROLES}
+        return save_relation_lora(path, role_weights(self.transformer, INFERENCE_ROLES), self.arch, alphas, info)
+
+    def preview(self, tag: str) -> list[Path]:
+        """Sample the configured prompts with the inference set (relation + ffn) into `<output_dir>/samples`."""
+        from .sampling import generate, to_uint8_frames
+        from .videoio import write_video
+
+        s = self.config.sample
+        paths = []
+        activate(self.transformer, INFERENCE_ROLES)
+        for k, prompt in enumerate(s.prompts):
+            video = generate(self.base, prompt, s.frames or self.config.data.frames, s.height or self.config.data.height,
+                             s.width or self.config.data.width, s.steps, s.cfg, s.seed, progress=False)
+            paths.append(write_video(self.out / "samples" / f"{tag}_{k}.mp4", to_uint8_frames(video), self.arch.fps))
+        return paths
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """`<output_dir>/checkpoints/step_NNNNNN/` = lora.safetensors (all roles) + state.pt; written atomically."""
+        root = self.out / "checkpoints"
+        final = root / f"step_{self.step:06d}"
+        tmp = root / f".step_{self.step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        atomic_save_safetensors({n: p.detach().float().cpu() for n, p in self.params.items()}, tmp / "lora.safetensors")
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(),
+                    "generator": self.generator.get_state(), "bank": self.bank.state_dict(),
+                    "config": json.dumps(config_to_dict(self.config))}, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        keep = max(1, self.config.train.keep_checkpoints)
+        for old in sorted(root.glob("step_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume(self, path) -> int:
+        """Continue from a checkpoint folder, or the latest checkpoint of a run folder. Returns the step."""
+        ckpt = latest_checkpoint(path)
+        weights = load_file(str(ckpt / "lora.safetensors"))
+        missing = sorted(set(self.params) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint {ckpt} does not match this triplet: {len(missing)} LoRA tensors missing, "
+                             f"e.g. {missing[0]}")
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(weights[name])
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.setstate(_as_random_state(state["rng"]))
+        self.generator.set_state(state["generator"])
+        self.bank.load_state_dict(state["bank"])
+        self.step = int(state["step"])
+        self._truncate_log()
+        return self.step
+
+    def _truncate_log(self) -> None:
+        """Drop log lines past the resumed step so log.jsonl stays one trajectory."""
+        log = self.out / "log.jsonl"
+        if log.exists():
+            lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]
+            log.write_text("".join(l + "\n" for l in lines))
+
+
+def latest_checkpoint(path) -> Path:
+    """A checkpoint folder (has state.pt) as is; a run folder -> its newest `checkpoints/step_*`."""
+    path = Path(path)
+    if (path / "state.pt").is_file():
+        return path
+    found = sorted((path / "checkpoints").glob("step_*"))
+    found = [p for p in found if (p / "state.pt").is_file()]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {path} (expected state.pt or checkpoints/step_*/state.pt)")
+    return found[-1]

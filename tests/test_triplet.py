@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from dreamrelation_core.archs import MOCHI, WAN
+from dreamrelation_core.triplet import (GROUP_ROLES, TripletConfig, activate, inject_triplet, lora_parameters,
+                                        merge_inference_set, resolve_targets, role_parameters)
+
+
+def inputs(arch, model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    latents = torch.randn(1, c.in_channels, 3, 8, 8, generator=g)
+    text_dim = c.text_dim if arch is WAN else c.text_embed_dim
+    text_len = 7 if arch is WAN else c.max_sequence_length
+    text = torch.randn(1, text_len, text_dim, generator=g)
+    mask = torch.ones(1, text_len, dtype=torch.bool)
+    return latents, torch.tensor([0.4]), text, mask
+
+
+def randomize_lora(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lora_parameters(model).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def test_role_targets_wan(make_tiny):
+    targets = resolve_targets(make_tiny(WAN), WAN)
+    assert sorted(targets["relation"]) == sorted(f"blocks.{i}.{a}.{p}" for i in range(2)
+                                                 for a in ("attn1", "attn2") for p in ("to_q", "to_k"))
+    assert sorted(targets["subject1"]) == sorted(f"blocks.{i}.{a}.to_v" for i in range(2) for a in ("attn1", "attn2"))
+    assert targets["subject2"] == targets["subject1"]
+    assert sorted(targets["ffn"]) == sorted(f"blocks.{i}.{a}.to_out.0" for i in range(2) for a in ("attn1", "attn2"))
+
+
+def test_role_targets_mochi_last_block_has_no_text_output(make_tiny):
+    targets = resolve_targets(make_tiny(MOCHI), MOCHI)
+    blocks = [f"transformer_blocks.{i}.attn1" for i in range(2)]
+    assert sorted(targets["relation"]) == sorted(f"{b}.{m}" for b in blocks
+                                                 for m in ("to_q", "to_k", "add_q_proj", "add_k_proj"))
+    assert sorted(targets["subject1"]) == sorted(f"{b}.{m}" for b in blocks for m in ("to_v", "add_v_proj"))
+    assert sorted(targets["ffn"]) == sorted([f"{blocks[0]}.to_out.0", f"{blocks[0]}.to_add_out", f"{blocks[1]}.to_out.0"])
+
+
+def test_extra_targets_and_bad_roles(make_tiny):
+    model = make_tiny(WAN)
+    targets = resolve_targets(model, WAN, {"ffn": ["ffn.net.0.proj", "ffn.net.2"]})
+    assert "blocks.1.ffn.net.0.proj" in targets["ffn"] and "blocks.0.ffn.net.2" in targets["ffn"]
+    with pytest.raises(ValueError, match="unknown roles"):
+        resolve_targets(model, WAN, {"style": ["ffn.net.2"]})
+
+
+def test_injection_shapes_and_identity_at_init(make_tiny):
+    model = make_tiny(WAN)
+    x = inputs(WAN, model)
+    before = WAN.velocity(model, *x)
+    inject_triplet(model, WAN, TripletConfig(rank=4, alpha=8, ranks={"ffn": 2}))
+    params = role_parameters(model, "relation")
+    assert params["blocks.0.attn1.to_q.lora_A.relation.weight"].shape == (4, 32)
+    assert params["blocks.0.attn1.to_q.lora_B.relation.weight"].shape == (32, 4)
+    assert role_parameters(model, "ffn")["blocks.0.attn2.to_out.0.lora_A.ffn.weight"].shape == (2, 32)
+    assert all(p.dtype == torch.float32 for p in lora_parameters(model).values())
+    assert torch.allclose(WAN.velocity(model, *x), before, atol=1e-6)      # B = 0 at init
+
+
+@pytest.mark.parametrize("arch", [WAN, MOCHI], ids=["wan", "mochi"])
+@pytest.mark.parametrize("group", ["relation", "subject1", "subject2"])
+def test_only_drawn_group_gets_gradients(make_tiny, arch, group):
+    model = make_tiny(arch)
+    inject_triplet(model, arch, TripletConfig(rank=4, alpha=4))
+    randomize_lora(model)
+    activate(model, GROUP_ROLES[group])
+    arch.velocity(model, *inputs(arch, model)).pow(2).mean().backward()
+    # Mochi's last block discards the text stream's attention output, so the text-query LoRA there (kept, as in
+    # the reference) has an exactly zero gradient; every other active parameter must learn.
+    dead = "transformer_blocks.1.attn1.add_q_proj."
+    for role in ("relation", "subject1", "subject2", "ffn"):
+        grads = {n: p.grad for n, p in role_parameters(model, role).items()}
+        if role in GROUP_ROLES[group]:
+            assert all(g is not None for g in grads.values()), role
+            assert all(g.abs().sum() > 0 for n, g in grads.items() if not n.startswith(dead)), role
+        else:
+            assert all(g is None for g in grads.values()), role
+
+
+def test_inactive_adapters_are_not_computed(make_tiny):
+    model = make_tiny(WAN)
+    inject_triplet(model, WAN, TripletConfig(rank=4, alpha=4))
+    calls = {}
+    for name, module in model.named_modules():
+        if ".lora_A." in name:
+            role = name.rsplit(".", 1)[1]
+            module.register_forward_hook(lambda *_, role=role: calls.__setitem__(role, calls.get(role, 0) + 1))
+    activate(model, GROUP_ROLES["subject1"])
+    WAN.velocity(model, *inputs(WAN, model))
+    assert set(calls) == {"subject1", "ffn"}
+
+
+@pytest.mark.parametrize("arch", [WAN, MOCHI], ids=["wan", "mochi"])
+def test_merged_inference_equals_unmerged_relation_and_ffn(make_tiny, arch):
+    model = make_tiny(arch)
+    inject_triplet(model, arch, TripletConfig(rank=4, alpha=8))
+    randomize_lora(model)
+    x = inputs(arch, model)
+    with torch.no_grad():
+        activate(model, ("relation", "ffn"))
+        unmerged = arch.velocity(model, *x)
+        activate(model, ("relation", "subject1", "subject2", "ffn"))
+        with_subjects = arch.velocity(model, *x)
+        merge_inference_set(model)
+        merged = arch.velocity(model, *x)
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert not torch.allclose(with_subjects, unmerged, atol=1e-3)       # subjects really are dropped
+
+
+def test_strengths_scale_the_merged_delta(make_tiny):
+    model = make_tiny(WAN)
+    inject_triplet(model, WAN, TripletConfig(rank=4, alpha=4))
+    randomize_lora(model)
+    layer = dict(model.named_modules())["blocks.0.attn1.to_q"]
+    w0 = layer.base_layer.weight.detach().clone()
+    delta = layer.lora_B["relation"].weight @ layer.lora_A["relation"].weight
+    merge_inference_set(model, {"relation": 0.5, "ffn": 1.0})
+    assert torch.allclose(layer.base_layer.weight, w0 + 0.5 * delta, atol=1e-6)
