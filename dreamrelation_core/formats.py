@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -90,7 +91,9 @@ def apply_role_weights(model: torch.nn.Module, weights: dict, alphas: dict) -> N
     for role, modules in weights.items():
         rank = next(iter(modules.values()))[0].shape[0]
         config = LoraConfig(r=rank, lora_alpha=float(alphas[role]), target_modules=sorted(modules))
-        inject_adapter_in_model(config, model, adapter_name=role)
+        with warnings.catch_warnings():  # several named adapters on one model is the design
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(config, model, adapter_name=role)
         params = role_parameters(model, role)
         for module, (a, b) in modules.items():
             params[f"{module}.lora_A.{role}.weight"].data = a.float().to(params[f"{module}.lora_A.{role}.weight"].device)

@@ -93,7 +93,9 @@ class RelationTrainer:
             raise ValueError("no training exemplars")
 
         self.transformer = self.base.transformer
-        self.targets = inject_triplet(self.transformer, self.arch, config.lora)
+        with torch.random.fork_rng(devices=[]):   # LoRA A init from the run's seed: same config, same run
+            torch.manual_seed(config.train.seed)
+            self.targets = inject_triplet(self.transformer, self.arch, config.lora)
         self.params = lora_parameters(self.transformer)
         if config.train.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
             self.transformer.enable_gradient_checkpointing()
@@ -174,6 +176,7 @@ class RelationTrainer:
         """
         t = self.config.train
         end = min(t.steps, max_steps) if max_steps is not None else t.steps
+        self._truncate_log()
         bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
         try:
             while self.step < end:
@@ -256,11 +259,11 @@ class RelationTrainer:
         self.generator.set_state(state["generator"])
         self.bank.load_state_dict(state["bank"])
         self.step = int(state["step"])
-        self._truncate_log()
         return self.step
 
     def _truncate_log(self) -> None:
-        """Drop log lines past the resumed step so log.jsonl stays one trajectory."""
+        """Drop log lines past the current step (all of them for a fresh run, those after the checkpoint for a
+        resumed one) so log.jsonl always holds one trajectory."""
         log = self.out / "log.jsonl"
         if log.exists():
             lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]

@@ -1,0 +1,88 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dreamrelation_core.bases import load_base
+from dreamrelation_core.cli import main
+from dreamrelation_core.config import load_config
+from dreamrelation_core.formats import load_relation_lora
+from dreamrelation_core.sampling import generate
+from dreamrelation_core.synthrel import write_exemplars
+from dreamrelation_core.trainer import RelationTrainer
+from dreamrelation_core.triplet import activate, merge_inference_set
+from dreamrelation_core.videoio import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [(("red", "circle"), ("blue", "square"))]
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    write_exemplars(tmp_path / "data", "approaches", 2, PAIRS, frames=9, size=(32, 32))
+    config = {"base": "tiny-wan", "name": "approach", "device": "cpu",
+              "data": {"videos": "data", "frames": 9, "height": 32, "width": 32},
+              "lora": {"rank": 4, "alpha": 4},
+              "train": {"steps": 3, "warmup_steps": 1, "checkpoint_every": 0, "learning_rate": 0.02}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_sample_inspect(run_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", str(run_config), "--out", str(out), "--max-steps", "2"]) == 0
+    lora = out / "approach.safetensors"
+    assert lora.is_file() and (out / "checkpoints" / "step_000002" / "state.pt").is_file()
+    assert main(["train", str(run_config), "--out", str(out), "--resume", str(out)]) == 0
+    assert "resumed at step 2" in capsys.readouterr().out
+
+    video = tmp_path / "sample.mp4"
+    assert main(["sample", "--base", "tiny-wan", "--lora", str(lora), "--prompt", "a bear approaches a fox",
+                 "--frames", "9", "--height", "32", "--width", "32", "--steps", "3", "--out", str(video)]) == 0
+    frames, fps = read_video(video)
+    assert frames.shape == (9, 32, 32, 3) and fps == pytest.approx(16)
+
+    assert main(["inspect", str(lora)]) == 0
+    printed = capsys.readouterr().out
+    assert "architecture: wan" in printed and "role relation" in printed and "role ffn" in printed
+    assert "subject" not in printed.split("metadata:")[0]
+
+
+def test_saved_lora_reproduces_the_trainers_inference_set(run_config, tmp_path):
+    config = load_config(run_config)
+    trainer = RelationTrainer(config, output_dir=tmp_path / "o", progress=False)
+    lora = trainer.train()
+    activate(trainer.transformer, ("relation", "ffn"))
+    kwargs = dict(frames=9, height=32, width=32, steps=3, cfg=4.0, seed=1, progress=False)
+    expected = generate(trainer.base, "a cat approaches a dog", **kwargs)
+    base = load_base("tiny-wan")
+    plain = generate(base, "a cat approaches a dog", **kwargs)
+    load_relation_lora(base.transformer, lora)
+    merge_inference_set(base.transformer)
+    assert torch.allclose(generate(base, "a cat approaches a dog", **kwargs), expected, atol=1e-4)
+    assert not torch.allclose(plain, expected, atol=1e-3)
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("base: tiny-wan\ntrain:\n  stepz: 3\n")
+    assert main(["train", str(path)]) == 2
+    assert "train.stepz" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "dreamrelation_core", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout and "sample" in result.stdout
+
+
+def test_demo_writes_lora_and_side_by_side(tmp_path):
+    from dreamrelation_core.demo import run_demo
+
+    result = run_demo(tmp_path, steps=2, progress=False)
+    frames, _ = read_video(result["video"])
+    assert frames.shape == (17, 64, 128, 3) and result["lora"].is_file()

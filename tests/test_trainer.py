@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dreamrelation_core.bases import build_tiny
+from dreamrelation_core.config import DataConfig, RCLConfig, RunConfig, TrainConfig
+from dreamrelation_core.data import prepare_training_set
+from dreamrelation_core.synthrel import write_exemplars
+from dreamrelation_core.trainer import RelationTrainer, StepInputs, warmup_cosine
+from dreamrelation_core.triplet import TripletConfig
+
+PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "triangle"), ("yellow", "diamond"))]
+CLIP = {"wan": dict(frames=9, height=32, width=32), "mochi": dict(frames=13, height=32, width=32)}
+
+
+@pytest.fixture(scope="module")
+def exemplars(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exemplars")
+    return {arch: write_exemplars(root / arch, "approaches", 3, PAIRS, frames=c["frames"], size=(32, 32))
+            for arch, c in CLIP.items()}
+
+
+def make_config(arch, videos, out, **train):
+    train = dict(dict(steps=6, learning_rate=1e-3, warmup_steps=2, checkpoint_every=3, gradient_checkpointing=True,
+                      seed=5), **train)
+    return RunConfig(base=f"tiny-{arch}", name="rel", output_dir=str(out), device="cpu",
+                     data=DataConfig(videos=str(videos), **CLIP[arch]),
+                     lora=TripletConfig(rank=4, alpha=4), train=TrainConfig(**train),
+                     rcl=RCLConfig(n_pos=2, n_neg=4))
+
+
+def losses(out):
+    return [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_set_shapes_and_cache(exemplars, tmp_path):
+    base = build_tiny("wan")
+    items = prepare_training_set(base, make_config("wan", exemplars["wan"], tmp_path).data, tmp_path / "cache",
+                                 progress=False)
+    assert len(items) == 3 and items[0].caption == "a red circle approaches a blue square"
+    assert items[0].latent_mean.shape == (16, 3, 4, 4) and items[0].masks.shape == (3, 2, 4, 4)
+    assert items[0].masks.amax() == 1 and (items[0].latent_std > 0).all()
+    base.codec.encode = None                                       # a second run must not encode again
+    again = prepare_training_set(base, make_config("wan", exemplars["wan"], tmp_path).data, tmp_path / "cache",
+                                 progress=False)
+    assert torch.equal(again[2].latent_mean, items[2].latent_mean) and torch.equal(again[1].text, items[1].text)
+
+
+@pytest.mark.parametrize("arch", ["wan", "mochi"])
+def test_training_steps_reduce_loss_on_a_fixed_batch(exemplars, tmp_path, arch):
+    trainer = RelationTrainer(make_config(arch, exemplars[arch], tmp_path, learning_rate=5e-3, warmup_steps=0,
+                                          steps=1000), progress=False)
+    trainer.config.rcl.enabled = False
+    fixed = trainer.draw()
+    fixed = StepInputs(fixed.item, "relation", False, torch.tensor([0.5]), fixed.noise, fixed.posterior_noise)
+    history = []
+    for _ in range(25):
+        total, _ = trainer.loss(fixed)
+        history.append(total.item())
+        total.backward()
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+    assert history[-1] < 0.8 * history[0], history
+
+
+def test_resume_continues_the_same_loss_trajectory(exemplars, tmp_path):
+    full = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "full"), progress=False)
+    full.train()
+    part = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "part"), progress=False)
+    part.train(max_steps=3)
+    assert len(losses(tmp_path / "part")) == 3
+    resumed = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "part"), progress=False)
+    assert resumed.resume(tmp_path / "part") == 3
+    lora = resumed.train()
+    assert losses(tmp_path / "part") == pytest.approx(losses(tmp_path / "full"), rel=1e-6, abs=1e-7)
+    assert len(losses(tmp_path / "full")) == 6
+    with safe_open(str(lora), "pt") as a, safe_open(str(tmp_path / "full" / "rel.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.allclose(a.get_tensor(k), b.get_tensor(k), atol=1e-6) for k in a.keys())
+
+
+def test_lora_file_holds_exactly_the_inference_set(exemplars, tmp_path):
+    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=2), progress=False)
+    path = trainer.train()
+    with safe_open(str(path), "pt") as f:
+        keys, meta = set(f.keys()), json.loads(f.metadata()["dreamrelation"])
+    assert meta["arch"] == "wan" and set(meta["roles"]) == {"relation", "ffn"} and meta["steps"] == 2
+    assert meta["caption"] == ["a green triangle approaches a yellow diamond", "a red circle approaches a blue square"]
+    expected = {f"transformer.{m}.lora_{ab}.weight" for role in ("relation", "ffn") for m in trainer.targets[role]
+                for ab in "AB"}
+    assert keys == expected
+    assert not any("to_v" in k for k in keys)
+
+
+def test_group_draws_and_caption_dropout_follow_the_config(exemplars, tmp_path):
+    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, caption_dropout=1.0), progress=False)
+    draws = [trainer.draw() for _ in range(300)]
+    counts = {g: sum(d.group == g for d in draws) for g in ("relation", "subject1", "subject2")}
+    assert all(70 < c < 130 for c in counts.values()), counts        # 1/3 each
+    assert all(d.drop_caption for d in draws)
+    off = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "off", hybrid_masks=False), progress=False)
+    assert off.draw().group is None
+
+
+def test_inactive_adapters_still_get_the_reference_adamw_update(exemplars, tmp_path):
+    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=3), progress=False)
+    a = [n for n in trainer.params if ".lora_A.subject2." in n][0]
+    before = trainer.params[a].detach().clone()
+    trainer.draw = lambda: StepInputs(trainer.items[0], "subject1", False, torch.tensor([0.3]),
+                                      torch.randn(1, 16, 3, 4, 4), torch.randn(1, 16, 3, 4, 4))
+    trainer.train_step()
+    # zero gradient + decoupled weight decay: A ← A·(1 − lr·wd), exactly as a zero-multiplied LoRA in the reference
+    lr = trainer.config.train.learning_rate * warmup_cosine(2, 6)(0)
+    assert torch.allclose(trainer.params[a], before * (1 - lr * 0.01), atol=1e-7)
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(200, 3000)
+    assert f(0) == pytest.approx(1 / 200) and f(199) == pytest.approx(1.0)
+    assert f(200) == pytest.approx(1.0) and f(1600) == pytest.approx(0.5) and f(3000) == pytest.approx(0.0)
