@@ -40,6 +40,11 @@ class Architecture:
     default_frames: int
     default_size: tuple             # (height, width)
     text_mask_kwarg: str | None     # forward kwarg taking the text attention mask, if the model uses one
+    # ComfyUI-native names (COMFYUI.md §3.3): diffusers block list name, and block-relative diffusers module ->
+    # (native module, layout): layout None = same matrix, an int k = row slice k of a fused q/k/v linear,
+    # "swap_halves" = output rows in swapped halves. Native keys are `diffusion_model.blocks.N.<native module>`.
+    diffusers_blocks: str = "blocks"
+    native_modules: dict = field(default_factory=dict)
     tiny_transformer: dict = field(default_factory=dict)
 
     def timestep_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -93,6 +98,15 @@ WAN = Architecture(
     default_frames=81,
     default_size=(480, 832),
     text_mask_kwarg=None,
+    diffusers_blocks="blocks",
+    native_modules={
+        "attn1.to_q": ("self_attn.q", None), "attn1.to_k": ("self_attn.k", None),
+        "attn1.to_v": ("self_attn.v", None), "attn1.to_out.0": ("self_attn.o", None),
+        "attn2.to_q": ("cross_attn.q", None), "attn2.to_k": ("cross_attn.k", None),
+        "attn2.to_v": ("cross_attn.v", None), "attn2.to_out.0": ("cross_attn.o", None),
+        "attn2.add_k_proj": ("cross_attn.k_img", None), "attn2.add_v_proj": ("cross_attn.v_img", None),
+        "ffn.net.0.proj": ("ffn.0", None), "ffn.net.2": ("ffn.2", None),
+    },
     tiny_transformer=dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
         text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
@@ -126,6 +140,17 @@ MOCHI = Architecture(
     default_frames=61,
     default_size=(480, 848),
     text_mask_kwarg="encoder_attention_mask",
+    # ComfyUI (like genmo) keeps q/k/v fused: rows [0:D] q, [D:2D] k, [2D:3D] v of qkv_x (visual) / qkv_y (text).
+    diffusers_blocks="transformer_blocks",
+    native_modules={
+        "attn1.to_q": ("attn.qkv_x", 0), "attn1.to_k": ("attn.qkv_x", 1), "attn1.to_v": ("attn.qkv_x", 2),
+        "attn1.add_q_proj": ("attn.qkv_y", 0), "attn1.add_k_proj": ("attn.qkv_y", 1),
+        "attn1.add_v_proj": ("attn.qkv_y", 2),
+        "attn1.to_out.0": ("attn.proj_x", None), "attn1.to_add_out": ("attn.proj_y", None),
+        # genmo's SwiGLU w1 stores [gate; value] where diffusers stores [value; gate] (diffusers swap_proj_gate).
+        "ff.net.0.proj": ("mlp_x.w1", "swap_halves"), "ff.net.2": ("mlp_x.w2", None),
+        "ff_context.net.0.proj": ("mlp_y.w1", "swap_halves"), "ff_context.net.2": ("mlp_y.w2", None),
+    },
     tiny_transformer=dict(
         patch_size=2, num_attention_heads=4, attention_head_dim=16, num_layers=2, pooled_projection_dim=32,
         in_channels=12, text_embed_dim=32, time_embed_dim=32, activation_fn="swiglu", max_sequence_length=16,

@@ -22,15 +22,26 @@ def _train(args) -> int:
 
 def _sample(args) -> int:
     from .bases import load_base
-    from .formats import load_relation_lora
+    from .formats import apply_lora, load_lora, subjects_path
     from .sampling import generate, to_uint8_frames
     from .triplet import merge_inference_set
     from .videoio import write_video
 
     base = load_base(args.base, args.components)
     if args.lora:
-        load_relation_lora(base.transformer, args.lora)
-        merge_inference_set(base.transformer, {"relation": args.relation_strength, "ffn": args.ffn_strength})
+        lora = load_lora(args.lora)
+        strengths = {"relation": args.relation_strength, "ffn": args.ffn_strength,
+                     "subject1": args.subject_strength, "subject2": args.subject_strength}
+        if args.subject_strength and not {"subject1", "subject2"} & set(lora.weights):
+            subjects = subjects_path(args.lora)
+            if not subjects.is_file():
+                raise ValueError(f"--subject-strength needs the subject LoRAs: {subjects} not found")
+            lora.weights.update(load_lora(subjects).weights)
+            lora.alphas.update(load_lora(subjects).alphas)
+        if lora.arch != base.arch.name:
+            raise ValueError(f"{args.lora} is a {lora.arch} LoRA but the base is {base.arch.name}")
+        apply_lora(base.transformer, lora, [r for r, s in strengths.items() if s and r in lora.weights])
+        merge_inference_set(base.transformer, strengths)
     video = generate(base, args.prompt, args.frames, args.height, args.width, args.steps, args.cfg, args.seed,
                      args.negative_prompt)
     path = write_video(args.out, to_uint8_frames(video), base.arch.fps)
@@ -39,17 +50,42 @@ def _sample(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .formats import read_relation_lora
+    from .archs import get_architecture
+    from .formats import METADATA_KEY, comfyui_unmapped_keys, load_lora, read_safetensors
 
-    weights, meta = read_relation_lora(args.file)
-    print(f"file:         {args.file}")
-    print(f"format:       {meta['format']} v{meta['version']}")
-    print(f"architecture: {meta['arch']}")
-    for role, info in meta["roles"].items():
-        print(f"role {role:9s} rank {info['rank']:3d}  alpha {info['alpha']:g}  modules {len(info['modules'])}  "
-              f"tensors {2 * len(weights[role])}")
-    extra = {k: v for k, v in meta.items() if k not in ("format", "version", "arch", "roles")}
-    print("metadata:     " + json.dumps(extra))
+    path = Path(args.file)
+    lora = load_lora(path)
+    meta = {}
+    if path.suffix == ".safetensors":
+        tensors, raw = read_safetensors(path)
+        meta = json.loads(raw.get(METADATA_KEY, "{}"))
+    layout = meta.get("layout", "official DreamRelation checkpoint")
+    print(f"file:         {path}")
+    print(f"layout:       {layout}" + (f" (format {meta['format']} v{meta['version']})" if meta else ""))
+    print(f"architecture: {lora.arch}")
+    for role, modules in lora.weights.items():
+        print(f"role {role:9s} rank {lora.rank(role):3d}  alpha {lora.alphas[role]:g}  modules {len(modules)}")
+    print("metadata:     " + json.dumps(lora.info))
+    if layout == "comfyui":
+        unmapped = comfyui_unmapped_keys(tensors, get_architecture(lora.arch))
+        verdict = (f"yes, all {len(tensors)} keys map to the native {lora.arch} model" if not unmapped
+                   else f"NO: {len(unmapped)} keys would not load, e.g. {unmapped[:3]}")
+    else:
+        verdict = "no (not ComfyUI-native keys): convert with `convert IN OUT --to comfyui`"
+    print(f"stock ComfyUI LoraLoaderModelOnly: {verdict}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .formats import load_lora, save_lora, subjects_path
+
+    lora = load_lora(args.input)
+    if args.arch and args.arch != lora.arch:
+        raise ValueError(f"{args.input} holds a {lora.arch} LoRA, not {args.arch}")
+    out = save_lora(args.output, lora, args.to)
+    print(f"wrote {out} ({args.to}: {', '.join(r for r in ('relation', 'ffn') if r in lora.weights)})")
+    if args.subjects and {"subject1", "subject2"} & set(lora.weights):
+        print(f"wrote {save_lora(subjects_path(args.output), lora, 'subjects')} (subject LoRAs)")
     return 0
 
 
@@ -87,12 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--relation-strength", type=float, default=1.0)
     p.add_argument("--ffn-strength", type=float, default=1.0)
+    p.add_argument("--subject-strength", type=float, default=0.0,
+                   help="experiments only: also apply the subject LoRAs (from <lora>.subjects.safetensors)")
     p.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("inspect", help="describe a relation LoRA file")
+    p = sub.add_parser("inspect", help="describe a relation LoRA file and whether stock ComfyUI maps every key")
     p.add_argument("file")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("convert", help="convert between LoRA layouts / import an official DreamRelation checkpoint")
+    p.add_argument("input", help="our .safetensors (any layout) or an official model_N.lora.pt")
+    p.add_argument("output")
+    p.add_argument("--arch", choices=["mochi", "wan"], help="expected architecture (checked)")
+    p.add_argument("--to", choices=["comfyui", "diffusers"], default="comfyui")
+    p.add_argument("--subjects", action="store_true", help="also write <output>.subjects.safetensors")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("demo", help="no-download demo: toy exemplars -> train on tiny-wan -> sample")
     p.add_argument("--out", default="runs/demo")

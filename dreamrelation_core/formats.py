@@ -1,15 +1,28 @@
-"""Relation LoRA files: the inference set (relation + ffn) with its metadata, and applying it to a model.
+"""Relation LoRA files: ComfyUI-native export, diffusers export, official DreamRelation import, inspection.
 
-On disk (safetensors): `transformer.<module>.lora_A.weight` [r, in] / `.lora_B.weight` [out, r] in diffusers/peft
-naming, plus JSON metadata under the key "dreamrelation" describing roles, ranks, alphas and target modules.
-Relation (Q/K) and ffn (output projections) never share a module, so one flat key space holds both.
+In memory a `RelationLora` holds, per role, `{diffusers module name: (A [r, in], B [out, r])}` plus alpha per role.
+On disk (safetensors, JSON metadata under the key "dreamrelation"):
+- layout "comfyui" (default, `<name>.safetensors`): the inference set (relation + ffn) in ComfyUI-native keys,
+  `diffusion_model.blocks.N.<native module>.lora_A.weight` / `.lora_B.weight` (+ `.alpha` where alpha ≠ rank), so a
+  stock `LoraLoaderModelOnly` applies exactly what DreamRelation applies at inference. Mochi's q/k LoRAs become one
+  exact fused LoRA on `qkv_x` / `qkv_y`: A = [A_q; A_k], B = [[B_q, 0], [0, B_k], [0, 0]], alpha scaled by the
+  rank growth so that the delta is unchanged.
+- layout "diffusers": `transformer.<module>.lora_A.weight` with diffusers' `lora_adapter_metadata` (rank and
+  alpha patterns), for diffusers pipelines.
+- layout "subjects" (`<name>.subjects.safetensors`): the subject LoRAs, `transformer.<module>.lora_A.<role>.weight`;
+  training state for experiments, never read by a stock loader.
+Official DreamRelation checkpoints (`model_N.lora.pt`, METHOD.md §13) are read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,25 +30,176 @@ from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .archs import INFERENCE_ROLES, ROLES
+from .archs import INFERENCE_ROLES, ROLES, get_architecture
 from .triplet import activate, role_parameters
 
 FORMAT = "dreamrelation.lora"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = "dreamrelation"
-PREFIX = "transformer."
+NATIVE_PREFIX = "diffusion_model."
+DIFFUSERS_PREFIX = "transformer."
+SUBJECT_ROLES = ("subject1", "subject2")
 
 
-def role_weights(model: torch.nn.Module, roles=ROLES) -> dict:
-    """role -> module -> (A [r, in], B [out, r]) from a peft-injected model (detached fp32 CPU copies)."""
-    out = {}
+@dataclass
+class RelationLora:
+    """A relation LoRA triplet (or a subset of its roles) in diffusers module names."""
+
+    arch: str
+    weights: dict                      # role -> {module: (A [r, in], B [out, r])}
+    alphas: dict                       # role -> alpha (scale = alpha / rank)
+    info: dict = field(default_factory=dict)
+
+    def rank(self, role: str) -> int:
+        return int(next(iter(self.weights[role].values()))[0].shape[0])
+
+    def subset(self, roles) -> "RelationLora":
+        roles = [r for r in roles if r in self.weights]
+        return RelationLora(self.arch, {r: self.weights[r] for r in roles}, {r: self.alphas[r] for r in roles},
+                            dict(self.info))
+
+    def delta(self, role: str, module: str) -> torch.Tensor:
+        """ΔW = (alpha / r)·B·A of one module, [out, in]."""
+        a, b = self.weights[role][module]
+        return (self.alphas[role] / a.shape[0]) * (b.float() @ a.float())
+
+
+# ---- model <-> RelationLora ---------------------------------------------------------------------------------------
+
+def lora_from_model(model: torch.nn.Module, arch, alphas: dict, roles=ROLES, info: dict | None = None) -> RelationLora:
+    """Copy `roles` out of a peft-injected model (fp32, CPU)."""
+    weights = {}
     for role in roles:
-        weights = {}
+        modules = {}
         for name, param in role_parameters(model, role).items():
-            module, kind = name.rsplit(f".lora_", 1)[0], name.rsplit(".lora_", 1)[1][0]
-            weights.setdefault(module, [None, None])["AB".index(kind)] = param.detach().float().cpu().clone()
-        out[role] = {m: tuple(ab) for m, ab in sorted(weights.items())}
-    return out
+            module, rest = name.split(".lora_", 1)
+            modules.setdefault(module, [None, None])["AB".index(rest[0])] = param.detach().float().cpu().clone()
+        weights[role] = {m: tuple(ab) for m, ab in sorted(modules.items())}
+    return RelationLora(arch.name, weights, {r: float(alphas[r]) for r in roles}, dict(info or {}))
+
+
+def apply_lora(model: torch.nn.Module, lora: RelationLora, roles=None) -> None:
+    """Inject one peft adapter per role on exactly the modules it holds, load A/B, and make them active."""
+    roles = [r for r in (roles or lora.weights) if r in lora.weights]
+    named = dict(model.named_modules())
+    for role in roles:
+        missing = sorted(set(lora.weights[role]) - set(named))
+        if missing:
+            raise ValueError(f"LoRA role {role!r} targets modules this {type(model).__name__} does not have, "
+                             f"e.g. {missing[0]} (was it trained on another architecture or size?)")
+        config = LoraConfig(r=lora.rank(role), lora_alpha=lora.alphas[role], target_modules=sorted(lora.weights[role]))
+        with warnings.catch_warnings():  # several named adapters on one model is the design
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(config, model, adapter_name=role)
+        params = role_parameters(model, role)
+        for module, (a, b) in lora.weights[role].items():
+            for kind, value in (("A", a), ("B", b)):
+                param = params[f"{module}.lora_{kind}.{role}.weight"]
+                if param.shape != value.shape:
+                    raise ValueError(f"LoRA {role} {module}.lora_{kind}: shape {tuple(value.shape)} does not fit "
+                                     f"the model's {tuple(param.shape)}")
+                param.data = value.float().to(param.device)
+    activate(model, roles)
+
+
+# ---- ComfyUI-native layout ----------------------------------------------------------------------------------------
+
+_DIFFUSERS_BLOCK = re.compile(r"^(?P<blocks>[a-z_]+)\.(?P<index>\d+)\.(?P<rel>.+)$")
+_NATIVE_BLOCK = re.compile(r"^diffusion_model\.blocks\.(?P<index>\d+)\.(?P<rel>.+)$")
+
+
+def native_module(arch, module: str) -> tuple[str, object]:
+    """diffusers module name -> (ComfyUI key stem `diffusion_model.blocks.N.<native>`, layout)."""
+    match = _DIFFUSERS_BLOCK.match(module)
+    if not match or match["blocks"] != arch.diffusers_blocks or match["rel"] not in arch.native_modules:
+        raise ValueError(f"{arch.name}: no ComfyUI-native name for module {module!r}")
+    native, layout = arch.native_modules[match["rel"]]
+    return f"{NATIVE_PREFIX}blocks.{match['index']}.{native}", layout
+
+
+def _swap_halves(b: torch.Tensor) -> torch.Tensor:
+    first, second = b.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def to_native(lora: RelationLora, roles=INFERENCE_ROLES) -> tuple[dict, dict, dict]:
+    """-> (tensors in ComfyUI keys, role -> key stems, fused layout {stem: [[slice, module, role, rank], ...]})."""
+    arch = get_architecture(lora.arch)
+    groups = {}
+    for role in roles:
+        for module, (a, b) in lora.weights[role].items():
+            stem, layout = native_module(arch, module)
+            groups.setdefault(stem, []).append((layout, module, role, a, b))
+    tensors, role_keys, fused = {}, {r: [] for r in roles}, {}
+    for stem, entries in sorted(groups.items()):
+        owners = sorted({e[2] for e in entries})
+        if len(owners) > 1:
+            raise ValueError(f"roles {owners} both target {stem}; one stock-loadable file cannot hold both")
+        role = owners[0]
+        rank, alpha = lora.rank(role), lora.alphas[role]
+        if isinstance(entries[0][0], int):          # fused q/k/v: block-diagonal, exact
+            entries.sort(key=lambda e: e[0])
+            out = entries[0][4].shape[0]
+            a = torch.cat([e[3] for e in entries])
+            b = torch.zeros(3 * out, a.shape[0], dtype=entries[0][4].dtype)
+            col = 0
+            for slot, _, _, ea, eb in entries:
+                b[slot * out:(slot + 1) * out, col:col + ea.shape[0]] = eb
+                col += ea.shape[0]
+            fused[stem] = [[e[0], e[1], role, int(e[3].shape[0])] for e in entries]
+            file_alpha = alpha * a.shape[0] / rank   # ComfyUI scales by alpha / (fused rank)
+        else:
+            (layout, _, _, a, b), = entries
+            b = _swap_halves(b) if layout == "swap_halves" else b
+            file_alpha = alpha
+        tensors[f"{stem}.lora_A.weight"] = a.contiguous()
+        tensors[f"{stem}.lora_B.weight"] = b.contiguous()
+        if file_alpha != a.shape[0]:
+            tensors[f"{stem}.alpha"] = torch.tensor(float(file_alpha))
+        role_keys[role].append(stem)
+    return tensors, role_keys, fused
+
+
+def from_native(tensors: dict, meta: dict) -> RelationLora:
+    """Inverse of `to_native` for our own files (the metadata says how fused LoRAs split)."""
+    arch = get_architecture(meta["arch"])
+    inverse = {native: (rel, layout) for rel, (native, layout) in arch.native_modules.items()}
+    weights = {role: {} for role in meta["roles"]}
+    for role, info in meta["roles"].items():
+        for stem in info["keys"]:
+            a, b = tensors[f"{stem}.lora_A.weight"], tensors[f"{stem}.lora_B.weight"]
+            if stem in meta.get("fused", {}):
+                row = 0
+                for slot, module, _, rank in meta["fused"][stem]:
+                    out = b.shape[0] // 3
+                    weights[role][module] = (a[row:row + rank], b[slot * out:(slot + 1) * out, row:row + rank])
+                    row += rank
+                continue
+            match = _NATIVE_BLOCK.match(stem)
+            rel, layout = inverse[match["rel"]]
+            module = f"{arch.diffusers_blocks}.{match['index']}.{rel}"
+            weights[role][module] = (a, _swap_halves(b) if layout == "swap_halves" else b)
+    weights = {r: dict(sorted(m.items())) for r, m in weights.items()}
+    return RelationLora(arch.name, weights, {r: float(i["alpha"]) for r, i in meta["roles"].items()},
+                        {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS})
+
+
+def comfyui_unmapped_keys(keys, arch) -> list[str]:
+    """Keys a stock ComfyUI LoRA loader would not map onto `arch`'s native model (by the native name table,
+    which the ComfyUI integration tests check against ComfyUI's own key map)."""
+    natives = {native for native, _ in arch.native_modules.values()}
+    bad = []
+    for key in keys:
+        suffix = next((s for s in (".lora_A.weight", ".lora_B.weight", ".alpha") if key.endswith(s)), None)
+        match = _NATIVE_BLOCK.match(key[: -len(suffix)]) if suffix else None
+        if match is None or match["rel"] not in natives:
+            bad.append(key)
+    return bad
+
+
+# ---- files --------------------------------------------------------------------------------------------------------
+
+_STRUCTURE_KEYS = ("format", "version", "layout", "arch", "roles", "fused")
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> Path:
@@ -53,56 +217,174 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -
     return path
 
 
-def save_relation_lora(path, weights: dict, arch, alphas: dict, info: dict | None = None,
-                       roles=INFERENCE_ROLES) -> Path:
-    """Write `roles` of `weights` (role -> module -> (A, B)) with metadata; `alphas` role -> alpha."""
-    tensors, meta_roles = {}, {}
-    for role in roles:
-        modules = weights[role]
-        for module, (a, b) in modules.items():
-            tensors[f"{PREFIX}{module}.lora_A.weight"] = a
-            tensors[f"{PREFIX}{module}.lora_B.weight"] = b
-        rank = next(iter(modules.values()))[0].shape[0]
-        meta_roles[role] = {"rank": int(rank), "alpha": float(alphas[role]), "modules": sorted(modules)}
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch.name, "roles": meta_roles, **(info or {})}
-    return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(meta)})
+def _metadata(lora: RelationLora, layout: str, roles, role_keys: dict, fused: dict | None = None) -> dict:
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "layout": layout, "arch": lora.arch,
+            "roles": {r: {"rank": lora.rank(r), "alpha": lora.alphas[r], "modules": sorted(lora.weights[r]),
+                          "keys": role_keys[r]} for r in roles}}
+    if fused:
+        meta["fused"] = fused
+    return {**meta, **{k: v for k, v in lora.info.items() if k not in _STRUCTURE_KEYS}}
 
 
-def read_relation_lora(path) -> tuple[dict, dict]:
-    """-> (weights role -> module -> (A, B), metadata). ValueError if `path` is not one of our LoRA files."""
+def save_lora(path, lora: RelationLora, layout: str = "comfyui", roles=None) -> Path:
+    """Write `roles` (default: the inference set, or the subjects for layout "subjects") of `lora` to `path`."""
+    if layout == "comfyui":
+        roles = [r for r in (roles or INFERENCE_ROLES) if r in lora.weights]
+        tensors, role_keys, fused = to_native(lora, roles)
+        meta = _metadata(lora, layout, roles, role_keys, fused)
+        return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(meta)})
+    if layout == "diffusers":
+        roles = [r for r in (roles or INFERENCE_ROLES) if r in lora.weights]
+        tensors, role_keys, ranks, alphas = {}, {r: [] for r in roles}, {}, {}
+        for role in roles:
+            for module, (a, b) in lora.weights[role].items():
+                if f"{DIFFUSERS_PREFIX}{module}.lora_A.weight" in tensors:
+                    raise ValueError(f"roles overlap on {module}; a diffusers file holds one LoRA per module")
+                tensors[f"{DIFFUSERS_PREFIX}{module}.lora_A.weight"] = a
+                tensors[f"{DIFFUSERS_PREFIX}{module}.lora_B.weight"] = b
+                role_keys[role].append(f"{DIFFUSERS_PREFIX}{module}")
+                ranks[module], alphas[module] = lora.rank(role), lora.alphas[role]
+        # diffusers reads the peft LoraConfig of each pipeline component from this entry (`transformer.` keys).
+        first = roles[0]
+        adapter = {"transformer.r": lora.rank(first), "transformer.lora_alpha": lora.alphas[first],
+                   "transformer.target_modules": sorted(ranks), "transformer.rank_pattern": ranks,
+                   "transformer.alpha_pattern": alphas}
+        meta = _metadata(lora, layout, roles, role_keys)
+        return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(meta),
+                                                       "lora_adapter_metadata": json.dumps(adapter),
+                                                       "format": "pt"})
+    if layout == "subjects":
+        roles = [r for r in (roles or SUBJECT_ROLES) if r in lora.weights]
+        tensors, role_keys = {}, {r: [] for r in roles}
+        for role in roles:
+            for module, (a, b) in lora.weights[role].items():
+                tensors[f"{DIFFUSERS_PREFIX}{module}.lora_A.{role}.weight"] = a
+                tensors[f"{DIFFUSERS_PREFIX}{module}.lora_B.{role}.weight"] = b
+                role_keys[role].append(f"{DIFFUSERS_PREFIX}{module}")
+        return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(_metadata(lora, layout, roles,
+                                                                                          role_keys))})
+    raise ValueError(f"unknown layout {layout!r}; expected comfyui, diffusers or subjects")
+
+
+def subjects_path(path) -> Path:
+    """`x/name.safetensors` -> `x/name.subjects.safetensors`."""
+    path = Path(path)
+    return path.with_name(path.name[: -len(path.suffix)] + ".subjects" + path.suffix)
+
+
+def read_safetensors(path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file, with a clear error for anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(METADATA_KEY)
-        if raw is None:
-            raise ValueError(f"{path} has no '{METADATA_KEY}' metadata: not a DreamRelation LoRA file")
-        meta = json.loads(raw)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
-        weights = {role: {m: (f.get_tensor(f"{PREFIX}{m}.lora_A.weight"), f.get_tensor(f"{PREFIX}{m}.lora_B.weight"))
-                          for m in info["modules"]}
-                   for role, info in meta["roles"].items()}
-    return weights, meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
-def apply_role_weights(model: torch.nn.Module, weights: dict, alphas: dict) -> None:
-    """Inject one peft adapter per role on exactly the modules in `weights` and load A/B; all become active."""
+def _from_ours(tensors: dict, meta: dict, path) -> RelationLora:
+    layout = meta.get("layout")
+    if layout == "comfyui":
+        return from_native(tensors, meta)
+    if layout in ("diffusers", "subjects"):
+        weights = {}
+        for role, info in meta["roles"].items():
+            tail = f".{role}.weight" if layout == "subjects" else ".weight"
+            weights[role] = {k[len(DIFFUSERS_PREFIX):]: (tensors[f"{k}.lora_A{tail}"], tensors[f"{k}.lora_B{tail}"])
+                             for k in info["keys"]}
+        return RelationLora(meta["arch"], weights, {r: float(i["alpha"]) for r, i in meta["roles"].items()},
+                            {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS})
+    raise ValueError(f"{path}: unknown DreamRelation layout {layout!r}")
+
+
+def load_lora(path) -> RelationLora:
+    """Read any relation LoRA we know: our comfyui / diffusers / subjects layouts, or an official DreamRelation
+    checkpoint (`.pt` or `.safetensors`). Raises ValueError naming the file otherwise."""
+    path = Path(path)
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        return read_official(path)
+    tensors, meta = read_safetensors(path)
+    if METADATA_KEY in meta:
+        parsed = json.loads(meta[METADATA_KEY])
+        if parsed.get("format") != FORMAT:
+            raise ValueError(f"{path}: unknown format {parsed.get('format')!r}, expected {FORMAT!r}")
+        return _from_ours(tensors, parsed, path)
+    if any(".to_q_x." in k or ".proj_x." in k for k in tensors):
+        return official_to_lora(tensors, json.loads(meta.get("kwargs", "{}")), path)
+    raise ValueError(f"{path} is neither a DreamRelation LoRA (no '{METADATA_KEY}' metadata) nor an official "
+                     f"DreamRelation checkpoint; a plain ComfyUI LoRA loads with ComfyUI's own LoRA loader")
+
+
+def load_relation_lora(model: torch.nn.Module, path, roles=None) -> RelationLora:
+    """Read a relation LoRA file and apply `roles` of it (default: all it holds) to `model`, unmerged and active."""
+    lora = load_lora(path)
+    apply_lora(model, lora, roles)
+    return lora
+
+
+# ---- official DreamRelation checkpoints ---------------------------------------------------------------------------
+
+# AsymmDiT (genmo, split q/k/v) module -> diffusers MochiTransformer3DModel module inside a block.
+OFFICIAL_MODULES = {"to_q_x": "attn1.to_q", "to_k_x": "attn1.to_k", "to_v_x": "attn1.to_v",
+                    "to_q_y": "attn1.add_q_proj", "to_k_y": "attn1.add_k_proj", "to_v_y": "attn1.add_v_proj",
+                    "proj_x": "attn1.to_out.0", "proj_y": "attn1.to_add_out"}
+_OFFICIAL_KEY = re.compile(r"^blocks\.(?P<index>\d+)\.attn\.(?P<module>\w+)\.lora_(?P<kind>[AB])(?:\.(?P<name>\w+))?$")
+
+
+def read_official(path) -> RelationLora:
+    """An official `model_N.lora.pt` = {"state_dict": ..., "kwargs": ...}, loaded with weights_only=True: a file
+    that needs arbitrary unpickling is refused (never executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"refusing {path}: it is not a plain tensor checkpoint and would need arbitrary "
+                         f"unpickling ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({exc})") from None
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise ValueError(f"{path}: expected a dict with 'state_dict' and 'kwargs' (official DreamRelation format)")
+    return official_to_lora(data["state_dict"], data.get("kwargs") or {}, path)
+
+
+def official_to_lora(state_dict: dict, kwargs: dict, path="checkpoint") -> RelationLora:
+    """Official keys (`blocks.N.attn.to_q_x.lora_A.relation`, `...proj_x.lora_A`) -> diffusers Mochi modules."""
+    weights, unknown = {}, []
+    for raw_key, value in state_dict.items():
+        key = raw_key.replace("_orig_mod.", "").removeprefix("module.")
+        match = _OFFICIAL_KEY.match(key)
+        if match is None or match["module"] not in OFFICIAL_MODULES:
+            unknown.append(raw_key)
+            continue
+        role = match["name"] or "ffn"                   # the out-projection LoRA is the unnamed "FFN" LoRA
+        if role not in ROLES:
+            unknown.append(raw_key)
+            continue
+        module = f"transformer_blocks.{match['index']}.{OFFICIAL_MODULES[match['module']]}"
+        pair = weights.setdefault(role, {}).setdefault(module, [None, None])
+        pair["AB".index(match["kind"])] = value.float()
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} keys are not DreamRelation LoRA keys, e.g. {unknown[:3]}")
+    if not weights:
+        raise ValueError(f"{path}: no LoRA tensors found")
     for role, modules in weights.items():
-        rank = next(iter(modules.values()))[0].shape[0]
-        config = LoraConfig(r=rank, lora_alpha=float(alphas[role]), target_modules=sorted(modules))
-        with warnings.catch_warnings():  # several named adapters on one model is the design
-            warnings.simplefilter("ignore", UserWarning)
-            inject_adapter_in_model(config, model, adapter_name=role)
-        params = role_parameters(model, role)
         for module, (a, b) in modules.items():
-            params[f"{module}.lora_A.{role}.weight"].data = a.float().to(params[f"{module}.lora_A.{role}.weight"].device)
-            params[f"{module}.lora_B.{role}.weight"].data = b.float().to(params[f"{module}.lora_B.{role}.weight"].device)
-    activate(model, weights.keys())
+            if a is None or b is None:
+                raise ValueError(f"{path}: {module} role {role} lacks lora_{'A' if a is None else 'B'}")
+    qkv_alpha = float(kwargs.get("qkv_proj_lora_alpha", kwargs.get("qkv_proj_lora_rank", 16)))
+    out_alpha = float(kwargs.get("out_proj_lora_alpha", kwargs.get("out_proj_lora_rank", 16)))
+    alphas = {role: out_alpha if role == "ffn" else qkv_alpha for role in weights}
+    info = {"source": "official DreamRelation checkpoint", "source_file": Path(path).name}
+    return RelationLora("mochi", {r: {m: tuple(ab) for m, ab in sorted(ms.items())} for r, ms in weights.items()},
+                        alphas, info)
 
 
-def load_relation_lora(model: torch.nn.Module, path) -> dict:
-    """Read a relation LoRA file and apply its roles to `model` (unmerged, active). Returns the metadata."""
-    weights, meta = read_relation_lora(path)
-    apply_role_weights(model, weights, {r: info["alpha"] for r, info in meta["roles"].items()})
-    return meta
+def file_digest(path) -> str:
+    """A cheap identity for a (possibly huge) safetensors file: sha256 of its header (names, shapes, offsets)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return hashlib.sha256(f.read(min(size, 100_000_000))).hexdigest()[:16]

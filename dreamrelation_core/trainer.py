@@ -22,7 +22,7 @@ from .archs import INFERENCE_ROLES, ROLES
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
-from .formats import atomic_save_safetensors, role_weights, save_relation_lora
+from .formats import atomic_save_safetensors, file_digest, lora_from_model, save_lora, subjects_path
 from .losses import RelationalContrastiveBank, _as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
@@ -199,13 +199,18 @@ class RelationTrainer:
 
     # ---- outputs ---------------------------------------------------------------------------------------------
     def save_lora(self, path=None) -> Path:
-        """Write the inference set (relation + ffn) to `<output_dir>/<name>.safetensors`."""
+        """Write the inference set (relation + ffn) in ComfyUI-native keys to `<output_dir>/<name>.safetensors`
+        and the subject LoRAs beside it (`<name>.subjects.safetensors`, for experiments)."""
         path = Path(path or self.out / f"{self.config.name}.safetensors")
         captions = sorted({item.caption for item in self.items})
         info = {"caption": captions[0] if len(captions) == 1 else captions, "steps": self.step,
                 "base": self.base.name, "name": self.config.name}
+        if Path(self.base.name).is_file():
+            info["base_hash"] = file_digest(self.base.name)
         alphas = {role: self.config.lora.alpha_of(role) for role in ROLES}
-        return save_relation_lora(path, role_weights(self.transformer, INFERENCE_ROLES), self.arch, alphas, info)
+        lora = lora_from_model(self.transformer, self.arch, alphas, ROLES, info)
+        save_lora(subjects_path(path), lora, "subjects")
+        return save_lora(path, lora, "comfyui")
 
     def preview(self, tag: str) -> list[Path]:
         """Sample the configured prompts with the inference set (relation + ffn) into `<output_dir>/samples`."""

@@ -81,17 +81,22 @@ def test_resume_continues_the_same_loss_trajectory(exemplars, tmp_path):
         assert all(torch.allclose(a.get_tensor(k), b.get_tensor(k), atol=1e-6) for k in a.keys())
 
 
-def test_lora_file_holds_exactly_the_inference_set(exemplars, tmp_path):
+def test_lora_file_holds_exactly_the_inference_set_in_native_keys(exemplars, tmp_path):
     trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=2), progress=False)
     path = trainer.train()
     with safe_open(str(path), "pt") as f:
         keys, meta = set(f.keys()), json.loads(f.metadata()["dreamrelation"])
     assert meta["arch"] == "wan" and set(meta["roles"]) == {"relation", "ffn"} and meta["steps"] == 2
     assert meta["caption"] == ["a green triangle approaches a yellow diamond", "a red circle approaches a blue square"]
-    expected = {f"transformer.{m}.lora_{ab}.weight" for role in ("relation", "ffn") for m in trainer.targets[role]
+    native = {"attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn2.to_q": "cross_attn.q",
+              "attn2.to_k": "cross_attn.k", "attn1.to_out.0": "self_attn.o", "attn2.to_out.0": "cross_attn.o"}
+    expected = {f"diffusion_model.blocks.{i}.{n}.lora_{ab}.weight" for i in range(2) for n in native.values()
                 for ab in "AB"}
-    assert keys == expected
-    assert not any("to_v" in k for k in keys)
+    assert keys == expected                              # alpha == rank: no .alpha entries; no value LoRAs
+    with safe_open(str(tmp_path / "rel.subjects.safetensors"), "pt") as f:
+        subject_meta = json.loads(f.metadata()["dreamrelation"])
+        assert set(subject_meta["roles"]) == {"subject1", "subject2"}
+        assert all(".to_v.lora_" in k for k in f.keys())
 
 
 def test_group_draws_and_caption_dropout_follow_the_config(exemplars, tmp_path):
