@@ -1,0 +1,59 @@
+"""ComfyUI integration tests: they need a ComfyUI checkout named by COMFYUI_PATH (never shipped with this repo).
+
+Without it every test here is skipped with that reason. On machines without a CPU build of torchvision, the
+test-only stand-in in `stubs/` is put on the path (ComfyUI imports torchvision at start-up; users have the real one).
+"""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+
+
+def _torchvision_importable() -> bool:
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if COMFYUI_PATH and (Path(COMFYUI_PATH) / "comfy").is_dir():
+        return
+    reason = ("COMFYUI_PATH is not set" if not COMFYUI_PATH else f"COMFYUI_PATH={COMFYUI_PATH} has no comfy/ package")
+    skip = pytest.mark.skip(reason=f"{reason}: point it at a ComfyUI checkout to run the ComfyUI integration tests")
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+def stub_path() -> str | None:
+    """The folder to put on PYTHONPATH / sys.path so that `import torchvision` works, or None if not needed."""
+    return None if _torchvision_importable() else str(HERE / "stubs")
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """Import ComfyUI's library in-process (CPU), as a custom node would see it."""
+    stubs = stub_path()
+    for path in filter(None, (COMFYUI_PATH, stubs)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True         # must precede comfy.model_management, which otherwise expects CUDA
+    import comfy.lora
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+
+    return comfy
