@@ -543,9 +543,20 @@ def _load_components(folder: Path, arch: Architecture, transformer: torch.nn.Mod
     return text, codec
 
 
-def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch: str | None) -> Base:
-    if (folder / "transformer" / "config.json").is_file():
-        transformer_dir, default_components = folder / "transformer", folder
+EXPERTS = {"high_noise": "transformer", "low_noise": "transformer_2"}   # Wan 2.2 A14B pipeline folders
+
+
+def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch: str | None,
+                 expert: str | None = None) -> Base:
+    if expert is not None:
+        if expert not in EXPERTS:
+            raise ValueError(f"unknown expert {expert!r}; expected one of {sorted(EXPERTS)}")
+        if not (folder / EXPERTS[expert] / "config.json").is_file():
+            raise ValueError(f"{str(folder)!r} has no {EXPERTS[expert]}/ (expert {expert!r} needs a Wan 2.2 "
+                             "two-expert pipeline folder)")
+    subfolder = EXPERTS[expert or "high_noise"]
+    if (folder / subfolder / "config.json").is_file():
+        transformer_dir, default_components = folder / subfolder, folder
     elif (folder / "config.json").is_file():          # a bare diffusers transformer folder
         transformer_dir, default_components = folder, None
     else:
@@ -686,7 +697,7 @@ def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, ar
 # ---------------------------------------------------------------------------------------------------------------------
 
 def load_base(spec: str, components: str | None = None, dtype: torch.dtype = torch.float32, arch: str | None = None,
-              *, config_overrides: dict | None = None) -> Base:
+              *, config_overrides: dict | None = None, expert: str | None = None) -> Base:
     """Load a base from `spec`, offline, frozen and in eval mode, with weights in `dtype` (tiny text encoders excepted).
 
     `spec`: "tiny-wan" / "tiny-mochi" (see `build_tiny`); a diffusers pipeline folder (model_index.json,
@@ -694,11 +705,15 @@ def load_base(spec: str, components: str | None = None, dtype: torch.dtype = tor
     diffusers transformer folder (needs `components`); or a single-file original-layout transformer `.safetensors`
     (Wan keys `blocks.0.self_attn.q.weight`, Mochi genmo keys `blocks.0.attn.qkv_x.weight`, optionally prefixed
     `model.diffusion_model.`), which needs `components` = a diffusers pipeline folder for vae/text_encoder/tokenizer.
+    `expert` picks a Wan 2.2 A14B expert of a pipeline folder: "high_noise" (transformer/, the default) or
+    "low_noise" (transformer_2/).
     A single file's config = the shipped template (configs/) overridden by a sidecar `<file>.json`, then by sizes read
     off the tensors, then by `config_overrides`. `arch` forces / checks the architecture name ("wan", "mochi").
     Text from the returned encoder is [B, L, D] with L = `base.text_encoder.max_length`.
     """
     if spec in TINY_SPECS:
+        if expert is not None:
+            raise ValueError(f"{spec} has no experts (expert={expert!r} applies to Wan 2.2 pipeline folders)")
         if arch is not None and get_architecture(arch).name != TINY_SPECS[spec]:
             raise ValueError(f"{spec}: arch={arch!r} does not match")
         base = build_tiny(spec)
@@ -712,5 +727,8 @@ def load_base(spec: str, components: str | None = None, dtype: torch.dtype = tor
         raise FileNotFoundError(f"base {spec!r}: no such file or folder (expected one of {sorted(TINY_SPECS)}, a "
                                 "diffusers pipeline folder, or a single-file .safetensors transformer)")
     if path.is_dir():
-        return _load_folder(path, components, dtype, arch)
+        return _load_folder(path, components, dtype, arch, expert)
+    if expert is not None:
+        raise ValueError(f"expert={expert!r} applies to diffusers pipeline folders; {path} is a single file "
+                         "(it is one expert already)")
     return _load_single_file(path, components, dtype, arch, config_overrides)

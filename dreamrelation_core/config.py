@@ -32,6 +32,8 @@ class TrainConfig:
     mask_weight: float = 50.0
     hybrid_masks: bool = True          # False: all adapters every step, no mask weighting (ablation)
     sigma_shift: float = 1.0           # 1 = σ ~ U(0, 1) as the reference
+    sigma_min: float = 0.0             # train on σ ∈ [sigma_min, sigma_max] only (e.g. a Wan 2.2 expert's range)
+    sigma_max: float = 1.0
     seed: int = 0
     mixed_precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | no
     base_dtype: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
@@ -67,6 +69,7 @@ class SampleConfig:
 class RunConfig:
     base: str = "tiny-wan"
     components: str | None = None      # diffusers folder with vae/text_encoder/tokenizer for single-file bases
+    expert: str | None = None          # Wan 2.2 A14B: high_noise (transformer/) or low_noise (transformer_2/)
     name: str = "relation"
     output_dir: str = "runs/relation"
     device: str = "auto"

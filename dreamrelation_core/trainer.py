@@ -84,7 +84,7 @@ class RelationTrainer:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.train.base_dtype, self.device)
         self.autocast_dtype = resolve_dtype(config.train.mixed_precision, self.device)
-        self.base = base or load_base(config.base, config.components, dtype=self.dtype)
+        self.base = base or load_base(config.base, config.components, dtype=self.dtype, expert=config.expert)
         self.base.to(self.device)
         self.arch = self.base.arch
         cache = Path(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
@@ -119,7 +119,7 @@ class RelationTrainer:
         item = self.items[self.rng.randrange(len(self.items))]
         group = self.rng.choice(GROUPS) if t.hybrid_masks else None
         drop = self.rng.random() < t.caption_dropout
-        sigma = train_sigmas(1, self.generator, t.sigma_shift)
+        sigma = train_sigmas(1, self.generator, t.sigma_shift, t.sigma_min, t.sigma_max)
         shape = (1, *item.latent_mean.shape)
         noise = torch.randn(shape, generator=self.generator)
         posterior_noise = torch.randn(shape, generator=self.generator)
@@ -204,7 +204,7 @@ class RelationTrainer:
         path = Path(path or self.out / f"{self.config.name}.safetensors")
         captions = sorted({item.caption for item in self.items})
         info = {"caption": captions[0] if len(captions) == 1 else captions, "steps": self.step,
-                "base": self.base.name, "name": self.config.name}
+                "base": self.base.name, "expert": self.config.expert, "name": self.config.name}
         if Path(self.base.name).is_file():
             info["base_hash"] = file_digest(self.base.name)
         alphas = {role: self.config.lora.alpha_of(role) for role in ROLES}

@@ -506,3 +506,22 @@ def test_error_bad_components(tmp_path):
 def test_error_folder_without_config(tmp_path):
     with pytest.raises(ValueError, match="neither a diffusers pipeline folder"):
         load_base(str(tmp_path))
+
+
+def test_wan22_expert_selects_the_transformer_subfolder(folders, tmp_path):
+    import shutil
+
+    folder = tmp_path / "wan22"
+    shutil.copytree(folders["wan"], folder)
+    low = build_tiny("wan", seed=7).transformer
+    low.save_pretrained(folder / "transformer_2")
+    high_base = load_base(str(folder), expert="high_noise")
+    low_base = load_base(str(folder), expert="low_noise")
+    assert _state_equal(low_base.transformer, low)
+    assert _state_equal(high_base.transformer, load_base(str(folders["wan"])).transformer)
+    with pytest.raises(ValueError, match="transformer_2"):
+        load_base(str(folders["wan"]), expert="low_noise")
+    with pytest.raises(ValueError, match="unknown expert"):
+        load_base(str(folder), expert="middle")
+    with pytest.raises(ValueError, match="no experts"):
+        load_base("tiny-wan", expert="low_noise")

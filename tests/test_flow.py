@@ -96,3 +96,13 @@ def test_training_target_is_zero_for_the_exact_velocity_model(arch):
     sigmas = torch.cat([torch.linspace(1.0, 0.02, 20), torch.zeros(1)])
     sampled = denoise(arch, Exact(), noise, text, mask, text, mask, sigmas, cfg=1.0, progress=False)
     assert torch.allclose(sampled, z0, atol=1e-4)
+
+
+def test_train_sigma_range_and_shift():
+    g = torch.Generator().manual_seed(0)
+    s = train_sigmas(4000, g, shift=1.0, low=0.875, high=1.0)
+    assert s.min() >= 0.875 and s.max() <= 1.0 and abs(s.mean().item() - 0.9375) < 0.005
+    shifted = train_sigmas(4000, torch.Generator().manual_seed(0), shift=3.0)
+    assert shifted.mean() > 0.6                                   # shift moves mass towards noise
+    with pytest.raises(ValueError, match="sigma range"):
+        train_sigmas(1, g, low=0.5, high=0.5)
