@@ -37,8 +37,8 @@ def run_demo(out: Path, steps: int = 30, progress: bool = True) -> dict:
                           progress=False)
     trainer = RelationTrainer(config, progress=progress)
     lora = trainer.train()
-    activate(trainer.transformer, ("relation", "ffn"))
-    lora_video = generate(trainer.base, DEMO_PROMPT, d.frames, d.height, d.width, s.steps, None, s.seed,
+    trainer.backend.activate(("relation", "ffn"))
+    lora_video = generate(trainer.backend.base, DEMO_PROMPT, d.frames, d.height, d.width, s.steps, None, s.seed,
                           progress=False)
     side_by_side = np.concatenate([to_uint8_frames(base_video), to_uint8_frames(lora_video)], axis=2)
     video = write_video(out / "base_vs_relation.gif", side_by_side, fps=8)

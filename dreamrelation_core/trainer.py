@@ -70,36 +70,85 @@ class StepInputs:
     posterior_noise: torch.Tensor
 
 
-class RelationTrainer:
-    """Trains a relation LoRA triplet on `config.base` from the exemplars in `config.data`.
+class PeftBackend:
+    """The diffusers backend: a loaded `Base` whose transformer carries the triplet as named peft adapters.
 
-    `base` and `items` may be passed in (tests, ComfyUI); otherwise they are loaded and cached from the config.
+    Backend protocol (the ComfyUI backend in `nodes/` implements the same): `arch`, `device`, `name`,
+    `parameters()`, `activate(roles)`, `velocity(latents [1, C, f, h, w], sigma [1], text, text_mask)` ->
+    canonical ε − z0 (text as the backend stores it in `TrainingItem.text`), `null_text` (its unconditional text,
+    for caption dropout), `lora(alphas, info)` -> RelationLora, optional `preview(...)`.
     """
 
-    def __init__(self, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True):
-        from .bases import load_base
-
-        self.config, self.progress = config, progress
-        self.out = Path(output_dir or config.output_dir)
-        self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.train.base_dtype, self.device)
-        self.autocast_dtype = resolve_dtype(config.train.mixed_precision, self.device)
-        self.base = base or load_base(config.base, config.components, dtype=self.dtype, expert=config.expert)
-        self.base.to(self.device)
-        self.arch = self.base.arch
-        cache = Path(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
-        self.items = items if items is not None else prepare_training_set(self.base, config.data, cache, progress)
-        if not self.items:
-            raise ValueError("no training exemplars")
-
-        self.transformer = self.base.transformer
+    def __init__(self, base, config: RunConfig, device: torch.device):
+        self.base, self.arch, self.device, self.name = base, base.arch, device, base.name
+        t = config.train
+        self.dtype = resolve_dtype(t.base_dtype, device)
+        self.autocast_dtype = resolve_dtype(t.mixed_precision, device)
+        self.transformer = base.transformer
         with torch.random.fork_rng(devices=[]):   # LoRA A init from the run's seed: same config, same run
-            torch.manual_seed(config.train.seed)
+            torch.manual_seed(t.seed)
             self.targets = inject_triplet(self.transformer, self.arch, config.lora)
-        self.params = lora_parameters(self.transformer)
-        if config.train.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
+        self._params = lora_parameters(self.transformer)
+        if t.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train()
+        text, mask = base.null_text(1)
+        self.null_text = (text[0], mask[0])      # one caption: [L, D], [L], like TrainingItem.text
+
+    def parameters(self) -> dict:
+        return self._params
+
+    def activate(self, roles) -> None:
+        activate(self.transformer, roles)
+
+    def velocity(self, latents, sigma, text, text_mask) -> torch.Tensor:
+        device = self.device
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
+            return self.arch.velocity(self.transformer, latents.to(self.dtype), sigma.to(device),
+                                      text[None].to(device, self.dtype), text_mask[None].to(device))
+
+    def lora(self, alphas: dict, info: dict):
+        if Path(self.name).is_file():
+            info = {**info, "base_hash": file_digest(self.name)}
+        return lora_from_model(self.transformer, self.arch, alphas, ROLES, info)
+
+    def preview(self, prompts, path_of, frames, height, width, steps, cfg, seed) -> list[Path]:
+        """Sample `prompts` with the inference set (relation + ffn); `path_of(k)` names the k-th video."""
+        from .sampling import generate, to_uint8_frames
+        from .videoio import write_video
+
+        activate(self.transformer, INFERENCE_ROLES)
+        return [write_video(path_of(k), to_uint8_frames(generate(self.base, prompt, frames, height, width, steps, cfg,
+                                                                 seed, progress=False)), self.arch.fps)
+                for k, prompt in enumerate(prompts)]
+
+
+class RelationTrainer:
+    """Trains a relation LoRA triplet from exemplars with hybrid mask training and RCL.
+
+    Without `backend`, the diffusers base of `config.base` is loaded and the exemplars of `config.data` are
+    encoded (cached). A `backend` (the ComfyUI one, tests) comes with its encoded `items`.
+    """
+
+    def __init__(self, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True,
+                 backend=None):
+        self.config, self.progress = config, progress
+        self.out = Path(output_dir or config.output_dir)
+        if backend is None:
+            from .bases import load_base
+
+            device = resolve_device(config.device)
+            base = base or load_base(config.base, config.components, dtype=resolve_dtype(config.train.base_dtype,
+                                                                                        device), expert=config.expert)
+            base.to(device)
+            cache = Path(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
+            items = items if items is not None else prepare_training_set(base, config.data, cache, progress)
+            backend = PeftBackend(base, config, device)
+        self.backend, self.items = backend, items
+        if not self.items:
+            raise ValueError("no training exemplars")
+        self.arch, self.device = backend.arch, backend.device
+        self.params = backend.parameters()
 
         t = config.train
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -110,7 +159,6 @@ class RelationTrainer:
         r = config.rcl
         self.bank = RelationalContrastiveBank(r.n_pos, r.n_neg, r.positive_bank, r.negative_bank, r.temperature,
                                               seed=t.seed + 1)
-        self.null_text = self.base.null_text(1)
         self.step = 0
 
     # ---- one step -------------------------------------------------------------------------------------------
@@ -128,14 +176,12 @@ class RelationTrainer:
     def loss(self, inputs: StepInputs) -> tuple[torch.Tensor, dict]:
         """Forward with the drawn group's adapters; returns (total loss, parts). Pushes RCL features to the banks."""
         device, item = self.device, inputs.item
-        activate(self.transformer, GROUP_ROLES[inputs.group] if inputs.group else ROLES)
+        self.backend.activate(GROUP_ROLES[inputs.group] if inputs.group else ROLES)
         z0 = (item.latent_mean + item.latent_std * inputs.posterior_noise[0])[None].to(device)
         noise = inputs.noise.to(device)
         sigma = inputs.sigma.to(device)
-        text, text_mask = self.null_text if inputs.drop_caption else (item.text[None], item.text_mask[None])
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
-            pred = self.arch.velocity(self.transformer, noisy_latents(z0, noise, sigma).to(self.dtype), sigma,
-                                      text.to(device, self.dtype), text_mask.to(device))
+        text, text_mask = self.backend.null_text if inputs.drop_caption else (item.text, item.text_mask)
+        pred = self.backend.velocity(noisy_latents(z0, noise, sigma), sigma, text, text_mask)
         target = velocity_target(z0, noise)
         if inputs.group:
             rec = hybrid_mask_loss(pred, target, group_mask(item.masks.to(device), inputs.group)[None],
@@ -204,27 +250,19 @@ class RelationTrainer:
         path = Path(path or self.out / f"{self.config.name}.safetensors")
         captions = sorted({item.caption for item in self.items})
         info = {"caption": captions[0] if len(captions) == 1 else captions, "steps": self.step,
-                "base": self.base.name, "expert": self.config.expert, "name": self.config.name}
-        if Path(self.base.name).is_file():
-            info["base_hash"] = file_digest(self.base.name)
-        alphas = {role: self.config.lora.alpha_of(role) for role in ROLES}
-        lora = lora_from_model(self.transformer, self.arch, alphas, ROLES, info)
+                "base": self.backend.name, "expert": self.config.expert, "name": self.config.name}
+        lora = self.backend.lora({role: self.config.lora.alpha_of(role) for role in ROLES}, info)
         save_lora(subjects_path(path), lora, "subjects")
         return save_lora(path, lora, "comfyui")
 
     def preview(self, tag: str) -> list[Path]:
-        """Sample the configured prompts with the inference set (relation + ffn) into `<output_dir>/samples`."""
-        from .sampling import generate, to_uint8_frames
-        from .videoio import write_video
-
-        s = self.config.sample
-        paths = []
-        activate(self.transformer, INFERENCE_ROLES)
-        for k, prompt in enumerate(s.prompts):
-            video = generate(self.base, prompt, s.frames or self.config.data.frames, s.height or self.config.data.height,
-                             s.width or self.config.data.width, s.steps, s.cfg, s.seed, progress=False)
-            paths.append(write_video(self.out / "samples" / f"{tag}_{k}.mp4", to_uint8_frames(video), self.arch.fps))
-        return paths
+        """Sample the configured prompts with the inference set into `<output_dir>/samples` (if the backend can)."""
+        s, d = self.config.sample, self.config.data
+        if not s.prompts or not hasattr(self.backend, "preview"):
+            return []
+        return self.backend.preview(s.prompts, lambda k: self.out / "samples" / f"{tag}_{k}.mp4",
+                                    s.frames or d.frames, s.height or d.height, s.width or d.width, s.steps, s.cfg,
+                                    s.seed)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
