@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -80,6 +79,8 @@ def lora_from_model(model: torch.nn.Module, arch, alphas: dict, roles=ROLES, inf
 
 def apply_lora(model: torch.nn.Module, lora: RelationLora, roles=None) -> None:
     """Inject one peft adapter per role on exactly the modules it holds, load A/B, and make them active."""
+    from peft import LoraConfig, inject_adapter_in_model   # lazy: the ComfyUI backend never needs peft
+
     roles = [r for r in (roles or lora.weights) if r in lora.weights]
     named = dict(model.named_modules())
     for role in roles:

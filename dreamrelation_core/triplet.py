@@ -10,8 +10,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
 
 from .archs import INFERENCE_ROLES, ROLES, Architecture
 
@@ -76,6 +74,8 @@ def inject_triplet(model: torch.nn.Module, arch: Architecture, config: TripletCo
     A is Kaiming-uniform, B zero (the reference's initialisation), so the model is unchanged until trained.
     LoRA parameters are kept in fp32 whatever the base dtype. All roles start active.
     """
+    from peft import LoraConfig, inject_adapter_in_model   # lazy: the ComfyUI backend never needs peft
+
     config = config or TripletConfig()
     targets = resolve_targets(model, arch, config.extra_targets)
     for role in ROLES:
@@ -93,6 +93,8 @@ def inject_triplet(model: torch.nn.Module, arch: Architecture, config: TripletCo
 
 def lora_layers(model: torch.nn.Module):
     """(module name, peft LoraLayer) pairs of `model`."""
+    from peft.tuners.lora import LoraLayer
+
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 

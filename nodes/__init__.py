@@ -1,7 +1,14 @@
 """ComfyUI V3 nodes of the pack: thin wrappers over `dreamrelation_core` (schema + a call into the core)."""
 from comfy_api.latest import ComfyExtension, io
 
-NODE_CLASSES: list[type[io.ComfyNode]] = []
+from .exemplars import AddExemplar, LoadExemplarFolder
+from .lora import LoadRelationLoRA
+from .masking import MaskVideo
+from .sampling import RelationSample
+from .training import TrainRelationTriplet
+
+NODE_CLASSES: list[type[io.ComfyNode]] = [MaskVideo, AddExemplar, LoadExemplarFolder, TrainRelationTriplet,
+                                          LoadRelationLoRA, RelationSample]
 
 
 class DreamRelationExtension(ComfyExtension):

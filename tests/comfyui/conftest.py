@@ -43,6 +43,12 @@ def stub_path() -> str | None:
 def comfy():
     """Import ComfyUI's library in-process (CPU), as a custom node would see it."""
     stubs = stub_path()
+    if stubs:
+        # transformers looks for torchvision whenever it lazily imports a model module: import what the tests
+        # use of it (via peft and diffusers) before the stand-in is on the path.
+        import diffusers  # noqa: F401
+        import peft  # noqa: F401
+        from diffusers.loaders import single_file_utils  # noqa: F401
     for path in filter(None, (COMFYUI_PATH, stubs)):
         if path not in sys.path:
             sys.path.insert(0, path)

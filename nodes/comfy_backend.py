@@ -1,0 +1,114 @@
+"""Training backend for ComfyUI's native MODEL (Wan 2.1/2.2 T2V, Mochi).
+
+The triplet lives in a `NativeTriplet` (core) and reaches the model through ComfyUI's own weight wrappers
+(`ModelPatcher.add_weight_wrapper`), so fp8 weights, offloading and the native key names keep working. The model
+is called the way ComfyUI samples it: a `CFGGuider` (cfg 1) prepares the model and the conditioning, and its
+`Sampler` hook runs the DreamRelation trainer inside. ComfyUI's guider returns x0 predictions for
+x = (1 − σ)·z0 + σ·ε; the canonical velocity ε − z0 the core trains on is (x − x0̂)/σ.
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.samplers
+
+from ..dreamrelation_core.archs import MOCHI, WAN
+from ..dreamrelation_core.native import NativeTriplet, native_targets
+
+NATIVE_ARCHITECTURES = ((comfy.model_base.WAN21, WAN), (comfy.model_base.GenmoMochi, MOCHI))
+NULL_TEXT = -1          # TrainingItem.text for the unconditional (caption-dropout) conditioning
+SIGMA_FLOOR = 1e-3      # σ below this is not drawn: v = (x − x0̂)/σ
+
+
+def native_architecture(model_patcher):
+    """The core `Architecture` of a native MODEL; ValueError for anything we cannot train."""
+    model = model_patcher.model
+    for cls, arch in NATIVE_ARCHITECTURES:
+        if isinstance(model, cls):
+            if getattr(model, "image_to_video", False) or getattr(model, "concat_keys", ()):
+                raise ValueError("MODEL is an image-to-video model; DreamRelation trains text-to-video Wan or Mochi")
+            return arch
+    raise ValueError(f"MODEL is a {type(model).__name__}; DreamRelation trains native Wan 2.1/2.2 (text-to-video) "
+                     "and Mochi models")
+
+
+class _RunInside(comfy.samplers.Sampler):
+    """A Sampler whose `sample` hands the prepared guider to `fn` instead of sampling."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.fn(model_wrap, extra_args, latent_image)
+        return latent_image
+
+
+class ComfyBackend:
+    """Trainer backend (see `dreamrelation_core.trainer.PeftBackend` for the protocol) on a native MODEL.
+
+    `TrainingItem.text` holds the index of the exemplar's conditioning; `NULL_TEXT` selects the unconditional one.
+    """
+
+    def __init__(self, model_patcher, triplet_config, seed: int = 0):
+        self.arch = native_architecture(model_patcher)
+        self.patcher = model_patcher.clone()
+        shapes = {k: tuple(v.shape) for k, v in self.patcher.model.state_dict().items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.triplet = NativeTriplet(self.arch, native_targets(self.arch, shapes, triplet_config),
+                                         triplet_config)
+        for key in self.triplet.weight_keys():
+            self.patcher.add_weight_wrapper(key, self.triplet.weight_delta(key))
+        self.device = self.patcher.load_device
+        self.triplet.to(self.device)
+        self.name = "ComfyUI MODEL"
+        self.null_text = (NULL_TEXT, None)
+        self._guider = self._extra_args = self._positive = self._negative = None
+
+    def parameters(self) -> dict:
+        return self.triplet.lora_parameters()
+
+    def activate(self, roles) -> None:
+        self.triplet.activate(roles)
+
+    def velocity(self, latents, sigma, text, text_mask=None) -> torch.Tensor:
+        self._guider.conds["positive"] = [self._negative if text == NULL_TEXT else self._positive[text]]
+        denoised = self._guider(latents, sigma, **self._extra_args)
+        return (latents.float() - denoised.float()) / sigma.float().view(-1, *([1] * (latents.dim() - 1)))
+
+    def lora(self, alphas: dict, info: dict):
+        return self.triplet.to_relation_lora(info)
+
+    def run(self, fn, latents: torch.Tensor, positive: list, negative: list, seed: int = 0):
+        """Prepare the model and conditioning as ComfyUI samples, then call `fn(processed latents [N, C, f, h, w])`
+        with this backend ready. `positive`: one conditioning entry per exemplar; `negative`: the unconditional."""
+        guider = comfy.samplers.CFGGuider(self.patcher)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(1.0)
+
+        def inside(model_wrap, extra_args, processed):
+            self._guider, self._extra_args = model_wrap, extra_args
+            self._positive = list(model_wrap.conds["positive"])
+            self._negative = model_wrap.conds["negative"][0]
+            try:
+                fn(processed)
+            finally:
+                model_wrap.conds["positive"] = self._positive
+                self._guider = self._extra_args = None
+
+        try:
+            # A non-zero latent is shifted into the model's space by the guider (process_latent_in).
+            guider.sample(torch.zeros_like(latents), latents, _RunInside(inside), torch.tensor([1.0, 0.0]),
+                          seed=seed)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Unload our patched clone so the shared model carries no training wrappers afterwards."""
+        loaded = comfy.model_management.current_loaded_models
+        for i in range(len(loaded) - 1, -1, -1):
+            if loaded[i].model is self.patcher:
+                loaded.pop(i).model_unload()

@@ -1,0 +1,78 @@
+"""Exemplar set: (frames, subject masks, caption) items of one relation, built in the graph or from a folder."""
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+
+from ..dreamrelation_core.data import discover_exemplars, read_color_masks
+from ..dreamrelation_core.videoio import read_video
+from .common import CATEGORY, Exemplars, uint8_to_image
+
+
+def exemplar(frames: torch.Tensor, masks: torch.Tensor, caption: str, name: str) -> dict:
+    if frames.shape[0] != masks.shape[0] or tuple(frames.shape[1:3]) != tuple(masks.shape[-2:]):
+        raise ValueError(f"exemplar {name}: {frames.shape[0]} frames of {tuple(frames.shape[1:3])} but masks "
+                         f"{tuple(masks.shape)}")
+    if not caption.strip():
+        raise ValueError(f"exemplar {name}: the caption is empty")
+    return {"frames": frames[..., :3].float(), "masks": masks.float(), "caption": caption.strip(), "name": name}
+
+
+class AddExemplar(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamRelationAddExemplar",
+            display_name="Add Exemplar",
+            category=CATEGORY,
+            description="Adds one exemplar video (frames, two subject masks, caption) to an exemplar set; chain "
+                        "several to collect the 5-30 videos of one relation.",
+            inputs=[
+                io.Image.Input("images", tooltip="The exemplar video's frames."),
+                io.Mask.Input("subject1_mask", tooltip="Subject 1 mask per frame (Mask Video)."),
+                io.Mask.Input("subject2_mask", tooltip="Subject 2 mask per frame (Mask Video)."),
+                io.String.Input("caption", multiline=True, default="A person is shaking hands with a person.",
+                                tooltip="Plain caption of the relation, e.g. 'A person is high-fiving a person.'"),
+                Exemplars.Input("exemplars", optional=True, tooltip="Set to add to (empty when not connected)."),
+            ],
+            outputs=[Exemplars.Output(display_name="exemplars")],
+        )
+
+    @classmethod
+    def execute(cls, images, subject1_mask, subject2_mask, caption, exemplars=None):
+        items = list(exemplars or [])
+        masks = torch.stack([subject1_mask, subject2_mask], dim=1)
+        items.append(exemplar(images, masks, caption, f"exemplar_{len(items):02d}"))
+        return io.NodeOutput(items)
+
+
+class LoadExemplarFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamRelationLoadExemplarFolder",
+            display_name="Load Exemplar Folder",
+            category=CATEGORY,
+            description="Loads every exemplar of a folder: videos (or frame folders), <name>.txt captions and "
+                        "colour-coded masks in masks/<name>/.",
+            inputs=[
+                io.String.Input("folder", default="", tooltip="Folder with the exemplar videos."),
+                io.String.Input("caption", default="", optional=True,
+                                tooltip="Caption for videos without a <name>.txt."),
+                io.Int.Input("max_frames", default=81, min=1, max=10000,
+                             tooltip="Frames read per video (training uses the first ones)."),
+            ],
+            outputs=[Exemplars.Output(display_name="exemplars")],
+        )
+
+    @classmethod
+    def execute(cls, folder, caption="", max_frames=81):
+        items = []
+        for ex in discover_exemplars(folder, caption=caption or None):
+            if ex.masks is None:
+                raise ValueError(f"exemplar {ex.name} in {folder} has no masks (expected masks/{ex.name}/)")
+            frames, _ = read_video(ex.video, max_frames=max_frames)
+            masks = read_color_masks(ex.masks, max_frames=len(frames))
+            items.append(exemplar(uint8_to_image(frames), torch.from_numpy(masks), ex.caption, ex.name))
+        return io.NodeOutput(items)

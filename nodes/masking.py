@@ -1,0 +1,84 @@
+"""Mask Video: per-subject masks for an exemplar clip, from MASK inputs, a colour-coded folder or tracked boxes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from comfy_api.latest import io
+
+from ..dreamrelation_core.data import read_color_masks
+from ..dreamrelation_core.tracking import box_masks, grabcut_masks, overlay, parse_box, track_box
+from .common import CATEGORY, image_to_uint8, uint8_to_image
+
+
+def _check(mask: torch.Tensor, frames: int, height: int, width: int, name: str) -> np.ndarray:
+    if mask.dim() == 2:
+        mask = mask[None].expand(frames, -1, -1)
+    if mask.shape[0] != frames or tuple(mask.shape[1:]) != (height, width):
+        raise ValueError(f"{name}: mask is {tuple(mask.shape)} but the video is {frames} frames of {height}x{width}; "
+                         "masks need one frame per video frame at the video's size")
+    return (mask > 0.5).float().cpu().numpy()
+
+
+def subject_masks(images, subject1_mask=None, subject2_mask=None, mask_folder="", subject1_box="",
+                  subject2_box="", refine=True) -> np.ndarray:
+    """[F, 2, H, W] float 0/1 for the clip `images` (IMAGE [F, H, W, C]): per subject the MASK input, else the box
+    tracked through the clip; a colour-coded mask folder (reference format) provides both at once."""
+    frames = image_to_uint8(images)
+    count, height, width = frames.shape[:3]
+    if mask_folder.strip():
+        masks = read_color_masks(mask_folder.strip(), max_frames=count)
+        if masks.shape[0] < count or masks.shape[2:] != (height, width):
+            raise ValueError(f"mask_folder: {masks.shape[0]} masks of {masks.shape[2]}x{masks.shape[3]} for "
+                             f"{count} frames of {height}x{width}")
+        return masks
+    out = []
+    for name, mask, box in (("subject1", subject1_mask, subject1_box), ("subject2", subject2_mask, subject2_box)):
+        if mask is not None:
+            out.append(_check(mask, count, height, width, f"{name}_mask"))
+        elif box.strip():
+            boxes = track_box(frames, parse_box(box, width, height, f"{name}_box"))
+            out.append(grabcut_masks(frames, boxes) if refine else box_masks(boxes, height, width))
+        else:
+            raise ValueError(f"{name}: connect {name}_mask, give {name}_box ('x,y,width,height' on the first frame) "
+                             "or a mask_folder")
+    return np.stack(out, axis=1)
+
+
+class MaskVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamRelationMaskVideo",
+            display_name="Mask Video (DreamRelation)",
+            category=CATEGORY,
+            description="Per-subject masks of an exemplar video: from mask sequences (e.g. SAM 2), a colour-coded "
+                        "mask folder, or a first-frame box per subject tracked with OpenCV.",
+            inputs=[
+                io.Image.Input("images", tooltip="The exemplar video's frames."),
+                io.Mask.Input("subject1_mask", optional=True, tooltip="Subject 1 mask per frame (e.g. from SAM 2)."),
+                io.Mask.Input("subject2_mask", optional=True, tooltip="Subject 2 mask per frame."),
+                io.String.Input("mask_folder", default="", optional=True,
+                                tooltip="Folder of colour-coded mask PNGs (black background, one colour per "
+                                        "subject; subject 1 = the smaller RGB colour), sorted naturally."),
+                io.String.Input("subject1_box", default="", optional=True,
+                                tooltip="'x,y,width,height' of subject 1 on the first frame, tracked through the clip."),
+                io.String.Input("subject2_box", default="", optional=True,
+                                tooltip="'x,y,width,height' of subject 2 on the first frame."),
+                io.Boolean.Input("refine_boxes", default=True, optional=True,
+                                 tooltip="Refine tracked boxes to silhouettes with GrabCut."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="subject1_mask"),
+                io.Mask.Output(display_name="subject2_mask"),
+                io.Image.Output(display_name="preview", tooltip="Frames with the masks tinted."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, subject1_mask=None, subject2_mask=None, mask_folder="", subject1_box="",
+                subject2_box="", refine_boxes=True):
+        masks = subject_masks(images, subject1_mask, subject2_mask, mask_folder, subject1_box, subject2_box,
+                              refine_boxes)
+        preview = uint8_to_image(overlay(image_to_uint8(images), masks))
+        return io.NodeOutput(torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]), preview)

@@ -1,0 +1,167 @@
+"""Train Relation Triplet: DreamRelation training on ComfyUI's native MODEL, CLIP and VAE."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+import comfy.model_management
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..dreamrelation_core.config import RCLConfig, RunConfig, TrainConfig
+from ..dreamrelation_core.data import TrainingItem, prepare_clip
+from ..dreamrelation_core.formats import subjects_path
+from ..dreamrelation_core.masks import latent_masks
+from ..dreamrelation_core.trainer import RelationTrainer, latest_checkpoint
+from ..dreamrelation_core.triplet import TripletConfig
+from .comfy_backend import SIGMA_FLOOR, ComfyBackend
+from .common import CATEGORY, MAX_RESOLUTION, Exemplars, image_to_uint8
+
+
+def _clone_conditioning(cond):
+    """Conditioning from other nodes holds inference-mode tensors; training needs ordinary ones."""
+    return [[c[0].clone(), {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in c[1].items()}]
+            for c in cond]
+
+
+def _unconditional(arch, clip, cond):
+    """Caption-dropout conditioning as the reference trains it: Mochi all-zero text and mask, Wan the empty prompt."""
+    if arch.uncond_text == "zeros":
+        return [[torch.zeros_like(c[0]), {k: (torch.zeros_like(v) if isinstance(v, torch.Tensor) else v)
+                                          for k, v in c[1].items()}] for c in cond[:1]]
+    return _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize("")))
+
+
+def run_directory(name: str) -> Path:
+    return Path(folder_paths.get_output_directory()) / "dreamrelation" / name
+
+
+class TrainRelationTriplet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamRelationTrain",
+            display_name="Train Relation Triplet",
+            category=CATEGORY,
+            description="Trains a DreamRelation relation LoRA triplet (hybrid mask training + relational contrastive "
+                        "loss) on the native model and saves the relation LoRA (relation + FFN roles) to models/loras.",
+            not_idempotent=True,
+            inputs=[
+                io.Model.Input("model", tooltip="Native Wan 2.1/2.2 text-to-video or Mochi model to train on."),
+                io.Clip.Input("clip", tooltip="The model's text encoder; encodes each exemplar's caption."),
+                io.Vae.Input("vae", tooltip="The model's VAE; encodes the exemplar videos."),
+                Exemplars.Input("exemplars", tooltip="Exemplar videos of one relation with subject masks."),
+                io.String.Input("lora_name", default="my_relation",
+                                tooltip="File name (without extension) of the relation LoRA in models/loras."),
+                io.Int.Input("steps", default=2400, min=1, max=100000, tooltip="Training steps (paper: 2400)."),
+                io.Float.Input("learning_rate", default=2e-4, min=1e-7, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate (200 warm-up steps, then cosine decay)."),
+                io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank of every role."),
+                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, tooltip="LoRA alpha (scale = alpha/rank)."),
+                io.Int.Input("width", default=832, min=16, max=MAX_RESOLUTION, step=16,
+                             tooltip="Training width; exemplars are centre-cropped and resized."),
+                io.Int.Input("height", default=480, min=16, max=MAX_RESOLUTION, step=16, tooltip="Training height."),
+                io.Int.Input("length", default=49, min=1, max=MAX_RESOLUTION, step=1,
+                             tooltip="Frames per clip: 4k+1 for Wan, 6k+1 for Mochi (the first frames are used)."),
+                io.Float.Input("mask_weight", default=50.0, min=0.0, max=1000.0,
+                               tooltip="Hybrid mask training weight λm (paper: 50)."),
+                io.Float.Input("rcl_weight", default=0.01, min=0.0, max=10.0,
+                               tooltip="Relational contrastive loss weight λ1 (paper: 0.01); 0 turns RCL off."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the whole run."),
+                io.Int.Input("checkpoint_every", default=200, min=0, max=100000,
+                             tooltip="Save a resumable checkpoint every N steps (and on Cancel)."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from the newest checkpoint of this lora_name, if there is one."),
+                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute block activations in the backward pass to save memory."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The input model with the trained relation LoRA."),
+                io.String.Output(display_name="lora_path", tooltip="Where the relation LoRA was written."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, exemplars, lora_name, steps, learning_rate, rank, alpha, width, height,
+                length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True):
+        if not exemplars:
+            raise ValueError("exemplars: the exemplar set is empty")
+        if not lora_name.strip() or Path(lora_name).name != lora_name:
+            raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
+        config = RunConfig(name=lora_name, lora=TripletConfig(rank=rank, alpha=alpha),
+                           train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
+                                             seed=seed, checkpoint_every=checkpoint_every, sigma_min=SIGMA_FLOOR,
+                                             gradient_checkpointing=gradient_checkpointing),
+                           rcl=RCLConfig(enabled=rcl_weight > 0, weight=rcl_weight))
+        out = run_directory(lora_name)
+        with torch.inference_mode(False), torch.enable_grad():
+            backend = ComfyBackend(model, config.lora, seed)
+            arch = backend.arch
+            arch.latent_frames(length)
+            clips, positive = [], []
+            for ex in exemplars:
+                video, masks = prepare_clip(image_to_uint8(ex["frames"]), ex["masks"].numpy(), length, height, width)
+                clips.append((ex, masks, vae.encode(((video.permute(1, 2, 3, 0) + 1) / 2).contiguous())))
+                positive += _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize(ex["caption"])))
+            latents = torch.cat([c[2] for c in clips]).float()
+            negative = _unconditional(arch, clip, positive)
+            result = {}
+
+            def train(processed):
+                items = [TrainingItem(ex["name"], ex["caption"], processed[i].float().cpu(),
+                                      torch.zeros_like(processed[i].float().cpu()), i, None,
+                                      latent_masks(masks, tuple(processed.shape[-3:]), arch.temporal_ratio))
+                         for i, (ex, masks, _) in enumerate(clips)]
+                trainer = RelationTrainer(config, output_dir=out, items=items, backend=backend, progress=False)
+                if resume and (out / "checkpoints").is_dir():
+                    trainer.resume(latest_checkpoint(out))
+                bar = comfy.utils.ProgressBar(steps)
+                bar.update_absolute(trainer.step)
+
+                def on_step(record):
+                    bar.update_absolute(record["step"])   # also where ComfyUI's Cancel is raised (server hook)
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+
+                with _checkpointed_blocks(backend.patcher.model.diffusion_model, gradient_checkpointing):
+                    result["lora"] = trainer.train(callback=on_step)
+
+            backend.run(train, latents, positive, negative, seed)
+        lora_path = _publish(result["lora"], lora_name)
+        lora_sd = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
+        trained, _ = comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)
+        return io.NodeOutput(trained, str(lora_path))
+
+
+def _publish(lora: Path, name: str) -> Path:
+    """Copy the relation LoRA (and its subjects file) into the first models/loras folder (atomically)."""
+    target_dir = Path(folder_paths.get_folder_paths("loras")[0])
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((lora, target_dir / f"{name}.safetensors"),
+                     (subjects_path(lora), target_dir / f"{name}.subjects.safetensors")):
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    return target_dir / f"{name}.safetensors"
+
+
+class _checkpointed_blocks:
+    """Gradient checkpointing on the native model's transformer blocks (restored afterwards)."""
+
+    def __init__(self, diffusion_model, enabled: bool):
+        self.blocks = list(getattr(diffusion_model, "blocks", [])) if enabled else []
+
+    def __enter__(self):
+        for block in self.blocks:
+            forward = block.forward
+            block.forward = (lambda *a, _f=forward, **k:
+                             torch.utils.checkpoint.checkpoint(_f, *a, use_reentrant=False, **k))
+        return self
+
+    def __exit__(self, *exc):
+        for block in self.blocks:
+            del block.forward
+        return False

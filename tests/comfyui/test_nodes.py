@@ -1,0 +1,200 @@
+"""The pack's nodes, executed in-process on a real ComfyUI library with a tiny native Wan model."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from .fakes import FakeClip, FakeVae
+from .native_models import WAN_DIFFUSERS, native_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pack(comfy, tmp_path_factory):
+    """The repository imported as a ComfyUI custom-node package (relative imports, as ComfyUI loads it)."""
+    import folder_paths
+
+    root = tmp_path_factory.mktemp("comfy_dirs")
+    folder_paths.set_output_directory(str(root / "output"))
+    folder_paths.add_model_folder_path("loras", str(root / "loras"), is_default=True)
+    (root / "loras").mkdir()
+    spec = importlib.util.spec_from_file_location("dreamrelation_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dreamrelation_pack"] = module
+    spec.loader.exec_module(module)
+    import importlib as il
+
+    return {"nodes": il.import_module("dreamrelation_pack.nodes"), "root": root,
+            "backend": il.import_module("dreamrelation_pack.nodes.comfy_backend")}
+
+
+def toy_exemplars(nodes, count=2, frames=9, size=32):
+    from dreamrelation_core.synthrel import render_clip
+
+    items = None
+    pairs = [(("red", "circle"), ("blue", "square")), (("green", "square"), ("yellow", "circle"))]
+    for k in range(count):
+        video, masks, caption = render_clip("approaches", *pairs[k % 2], frames=frames, size=(size, size), seed=k)
+        images = torch.from_numpy(video).float() / 255
+        items = nodes.AddExemplar.execute(images, torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]),
+                                          caption, items).result[0]
+    return items
+
+
+def test_extension_lists_every_node(pack):
+    import asyncio
+
+    ext = asyncio.run(pack["nodes"].DreamRelationExtension().get_node_list())
+    ids = {n.define_schema().node_id for n in ext}
+    assert ids == {"DreamRelationMaskVideo", "DreamRelationAddExemplar", "DreamRelationLoadExemplarFolder",
+                   "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample"}
+    for node in ext:
+        for inp in node.define_schema().inputs:
+            assert inp.tooltip, f"{node.__name__}.{inp.id} has no tooltip"
+
+
+def test_comfy_backend_velocity_matches_the_diffusers_convention(pack, comfy):
+    """ComfyUI's x0 prediction turned into ε − z0 equals the diffusers model's canonical velocity (same weights)."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from dreamrelation_core.archs import WAN
+    from dreamrelation_core.triplet import TripletConfig
+
+    patcher = native_model(comfy, "wan")
+    native_sd = {k.removeprefix("diffusion_model."): v.clone() for k, v in patcher.model.state_dict().items()
+                 if k.startswith("diffusion_model.")}
+    reference = diffusers.WanTransformer3DModel(**WAN_DIFFUSERS)
+    reference.load_state_dict(convert_wan_transformer_to_diffusers(native_sd))
+    backend = pack["backend"].ComfyBackend(patcher, TripletConfig(rank=4, alpha=4))
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(1, 7, 32, generator=g)
+    latents = torch.randn(2, 16, 3, 4, 4, generator=g)
+    got = {}
+
+    def inside(processed):
+        with torch.no_grad():
+            for sigma in (0.9, 0.3):
+                s = torch.tensor([sigma])
+                got[sigma] = (processed[:1].clone(), backend.velocity(processed[:1], s, 0))
+
+    with torch.inference_mode(False):
+        backend.run(inside, latents, [[text, {}]], [[torch.zeros_like(text), {}]])
+    for sigma, (x, v) in got.items():
+        with torch.no_grad():
+            expected = WAN.velocity(reference, x, torch.tensor([sigma]), text, torch.ones(1, 7, dtype=torch.bool))
+        assert torch.allclose(v, expected, atol=2e-4), (sigma, (v - expected).abs().max())
+
+
+def test_train_node_saves_a_lora_that_stock_and_our_loader_apply(pack, comfy, caplog):
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes)
+    model = native_model(comfy, "wan")
+    out = nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae(), exemplars, "toy_relation", 4, 5e-3, 4,
+                                             4.0, 32, 32, 9, 50.0, 0.01, 0, 2, False, True)
+    trained_model, lora_path = out.result
+    lora_path = Path(lora_path)
+    assert lora_path == pack["root"] / "loras" / "toy_relation.safetensors"
+    assert (pack["root"] / "loras" / "toy_relation.subjects.safetensors").is_file()
+    run = pack["root"] / "output" / "dreamrelation" / "toy_relation"
+    log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    assert (run / "checkpoints" / "step_000004" / "state.pt").is_file()
+    with safe_open(str(lora_path), "pt") as f:
+        meta = json.loads(f.metadata()["dreamrelation"])
+        keys = set(f.keys())
+    assert meta["arch"] == "wan" and meta["steps"] == 4 and set(meta["roles"]) == {"relation", "ffn"}
+    assert all(k.startswith("diffusion_model.blocks.") for k in keys)
+
+    # stock LoraLoaderModelOnly path and our loader (relation + ffn at 1.0) patch the same weights identically
+    stock, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(str(lora_path)), 1.0, 0)
+    ours = nodes.LoadRelationLoRA.execute(model, "toy_relation.safetensors", 1.0, 1.0).result[0]
+    weights = {}
+    for name, patched in (("stock", stock), ("ours", ours), ("node", trained_model)):
+        patched.patch_model()
+        weights[name] = {k: v.clone() for k, v in patched.model.state_dict().items()}
+        patched.unpatch_model()
+    base = {k: v.clone() for k, v in model.model.state_dict().items()}
+    changed = {k for k in base if not torch.equal(base[k], weights["stock"][k])}
+    assert changed and all(".self_attn." in k or ".cross_attn." in k for k in changed)
+    for k in base:
+        assert torch.allclose(weights["ours"][k], weights["stock"][k], atol=1e-6), k
+        assert torch.allclose(weights["node"][k], weights["stock"][k], atol=1e-6), k
+    half = nodes.LoadRelationLoRA.execute(model, "toy_relation.safetensors", 0.5, 0.0).result[0]
+    half.patch_model()
+    q = "diffusion_model.blocks.0.self_attn.q.weight"
+    o = "diffusion_model.blocks.0.self_attn.o.weight"
+    assert torch.allclose(half.model.state_dict()[q] - base[q], 0.5 * (weights["stock"][q] - base[q]), atol=1e-6)
+    assert torch.equal(half.model.state_dict()[o], base[o])                 # ffn strength 0: untouched
+    half.unpatch_model()
+
+
+def test_cancel_leaves_a_checkpoint_that_resumes(pack, comfy):
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes)
+    model = native_model(comfy, "wan")
+    calls = {"n": 0}
+    original = comfy.model_management.throw_exception_if_processing_interrupted
+
+    def interrupt_at_third_step():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise comfy.model_management.InterruptProcessingException()
+        return original()
+
+    args = (model, FakeClip(), FakeVae(), exemplars, "cancelled", 6, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, True)
+    comfy.model_management.throw_exception_if_processing_interrupted = interrupt_at_third_step
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            nodes.TrainRelationTriplet.execute(*args)
+    finally:
+        comfy.model_management.throw_exception_if_processing_interrupted = original
+    run = pack["root"] / "output" / "dreamrelation" / "cancelled"
+    assert (run / "checkpoints" / "step_000003" / "state.pt").is_file()
+    nodes.TrainRelationTriplet.execute(*args)                                   # resume=True continues at step 3
+    steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_mask_video_node_sources_and_validation(pack, tmp_path):
+    nodes = pack["nodes"]
+    from dreamrelation_core.synthrel import render_clip, write_exemplars
+
+    video, masks, _ = render_clip("approaches", ("red", "circle"), ("blue", "square"), frames=9, size=(48, 64))
+    images = torch.from_numpy(video).float() / 255
+    m1, m2, preview = nodes.MaskVideo.execute(images, torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1])).result
+    assert torch.equal(m1, torch.from_numpy(masks[:, 0])) and preview.shape == images.shape
+    write_exemplars(tmp_path, "approaches", 1, [(("red", "circle"), ("blue", "square"))], frames=9, size=(48, 64))
+    f1, f2, _ = nodes.MaskVideo.execute(images, mask_folder=str(tmp_path / "masks" / "clip_00")).result
+    assert torch.equal(f1, m1) and torch.equal(f2, m2)
+    ys, xs = np.nonzero(masks[0, 0])
+    box = f"{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}"
+    ys2, xs2 = np.nonzero(masks[0, 1])
+    box2 = f"{xs2.min()},{ys2.min()},{xs2.max() - xs2.min() + 1},{ys2.max() - ys2.min() + 1}"
+    t1, t2, _ = nodes.MaskVideo.execute(images, subject1_box=box, subject2_box=box2, refine_boxes=False).result
+    assert t1.shape == m1.shape and t1[0].sum() > 0
+    overlap = (t1 * m1).sum() / m1.sum()                                     # the tracked box covers the subject
+    assert overlap > 0.8
+    with pytest.raises(ValueError, match="subject2"):
+        nodes.MaskVideo.execute(images, torch.from_numpy(masks[:, 0]))
+    with pytest.raises(ValueError, match="one frame per video frame"):
+        nodes.MaskVideo.execute(images, torch.from_numpy(masks[:4, 0]), torch.from_numpy(masks[:, 1]))
+    with pytest.raises(ValueError, match="subject1_box"):
+        nodes.MaskVideo.execute(images, subject1_box="1,2,3", subject2_box=box2)
+
+
+def test_exemplar_folder_node(pack, tmp_path):
+    from dreamrelation_core.synthrel import write_exemplars
+
+    write_exemplars(tmp_path, "approaches", 3, [(("red", "circle"), ("blue", "square"))], frames=9, size=(32, 32))
+    items = pack["nodes"].LoadExemplarFolder.execute(str(tmp_path), "", 81).result[0]
+    assert [i["name"] for i in items] == ["clip_00", "clip_01", "clip_02"]
+    assert items[0]["frames"].shape == (9, 32, 32, 3) and items[0]["masks"].shape == (9, 2, 32, 32)
+    assert items[0]["caption"] == "a red circle approaches a blue square"
