@@ -34,6 +34,19 @@ def native_architecture(model_patcher):
                      "and Mochi models")
 
 
+def _make_trainable_copies(model: torch.nn.Module) -> None:
+    """Models loaded while ComfyUI runs a prompt hold inference-mode tensors, which autograd cannot save for the
+    backward pass (they have no version counter, and assigning `.data` does not give them one): replace such
+    parameters and buffers by ordinary copies, one tensor at a time. Must run under `torch.inference_mode(False)`."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_inference():
+                module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_inference():
+                module._buffers[name] = buffer.clone()
+
+
 class _RunInside(comfy.samplers.Sampler):
     """A Sampler whose `sample` hands the prepared guider to `fn` instead of sampling."""
 
@@ -54,6 +67,7 @@ class ComfyBackend:
 
     def __init__(self, model_patcher, triplet_config, seed: int = 0):
         self.arch = native_architecture(model_patcher)
+        _make_trainable_copies(model_patcher.model)
         self.patcher = model_patcher.clone()
         shapes = {k: tuple(v.shape) for k, v in self.patcher.model.state_dict().items()}
         with torch.random.fork_rng(devices=[]):

@@ -50,6 +50,7 @@ class TrainRelationTriplet(io.ComfyNode):
             description="Trains a DreamRelation relation LoRA triplet (hybrid mask training + relational contrastive "
                         "loss) on the native model and saves the relation LoRA (relation + FFN roles) to models/loras.",
             not_idempotent=True,
+            is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="Native Wan 2.1/2.2 text-to-video or Mochi model to train on."),
                 io.Clip.Input("clip", tooltip="The model's text encoder; encodes each exemplar's caption."),

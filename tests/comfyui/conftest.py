@@ -34,9 +34,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+NEEDS_STUB = not _torchvision_importable()     # decided before the stand-in itself is on sys.path
+
+
 def stub_path() -> str | None:
     """The folder to put on PYTHONPATH / sys.path so that `import torchvision` works, or None if not needed."""
-    return None if _torchvision_importable() else str(HERE / "stubs")
+    return str(HERE / "stubs") if NEEDS_STUB else None
 
 
 @pytest.fixture(scope="session")

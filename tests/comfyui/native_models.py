@@ -17,11 +17,11 @@ MOCHI_NATIVE = dict(image_model="mochi_preview", depth=2, patch_size=2, num_head
                     timestep_scale=1000.0, use_t5=True, t5_feat_dim=32, t5_token_length=16, rope_theta=10000.0)
 
 
-def native_model(comfy, arch: str, seed: int = 0):
+def native_model(comfy, arch: str, seed: int = 0, **sizes):
     """A ModelPatcher around a freshly initialised native Wan 2.1 T2V or Mochi model on the CPU, fp32."""
     config_class, unet_config = ((comfy.supported_models.WAN21_T2V, WAN_NATIVE) if arch == "wan"
                                  else (comfy.supported_models.GenmoMochi, MOCHI_NATIVE))
-    model_config = config_class(dict(unet_config))
+    model_config = config_class(dict(unet_config, **sizes))
     model_config.set_inference_dtype(torch.float32, None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -198,3 +198,15 @@ def test_exemplar_folder_node(pack, tmp_path):
     assert [i["name"] for i in items] == ["clip_00", "clip_01", "clip_02"]
     assert items[0]["frames"].shape == (9, 32, 32, 3) and items[0]["masks"].shape == (9, 2, 32, 32)
     assert items[0]["caption"] == "a red circle approaches a blue square"
+
+
+def test_training_works_on_a_model_loaded_under_inference_mode(pack, comfy):
+    """ComfyUI runs every prompt under torch.inference_mode(): the loaded model's tensors are inference tensors."""
+    nodes = pack["nodes"]
+    with torch.inference_mode():
+        model = native_model(comfy, "wan")
+        exemplars = toy_exemplars(nodes)
+        assert next(model.model.parameters()).is_inference()
+        out = nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae(), exemplars, "inference_mode", 2, 5e-3,
+                                                 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False, False)
+    assert Path(out.result[1]).is_file()

@@ -1,6 +1,7 @@
-"""Stand-in (see the package docstring). transformers' image utilities import InterpolationMode when they see a
-torchvision module, so the enum is provided; nothing calls it."""
+"""Stand-in (see the package docstring)."""
 import enum
+
+from . import functional, v2  # noqa: F401
 
 
 class InterpolationMode(enum.Enum):

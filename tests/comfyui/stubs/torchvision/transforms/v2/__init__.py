@@ -1,0 +1,2 @@
+"""Stand-in (see the package docstring)."""
+from . import functional  # noqa: F401
