@@ -66,3 +66,14 @@ def comfy():
     import comfy.utils
 
     return comfy
+
+
+@pytest.fixture(scope="session")
+def server(comfy, tmp_path_factory):
+    """A real ComfyUI server (CPU) with this pack and the test pack, shared by the server tests."""
+    from .server import ComfyServer
+
+    srv = ComfyServer(tmp_path_factory.mktemp("comfyui_server"))
+    srv.start()
+    yield srv
+    srv.stop()

@@ -7,15 +7,6 @@ import torch
 from safetensors.torch import save_file
 
 from .native_models import WAN_NATIVE, native_model
-from .server import ComfyServer
-
-
-@pytest.fixture(scope="module")
-def server(comfy, tmp_path_factory):
-    srv = ComfyServer(tmp_path_factory.mktemp("comfyui_server"))
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

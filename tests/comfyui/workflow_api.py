@@ -1,0 +1,49 @@
+"""UI-format workflow (what the frontend saves) -> API-format prompt (what POST /prompt runs), via /object_info.
+
+Widgets map positionally onto the widget inputs in `input_order`; seed-like inputs with
+`control_after_generate` carry one extra value; inputs fed by a link take no widget value.
+"""
+from __future__ import annotations
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def to_api(workflow: dict, info: dict) -> dict:
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):        # muted / bypassed
+            continue
+        spec = info[node["type"]]
+        all_inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = iter(node.get("widgets_values", []))
+        inputs = {}
+        for name in spec["input_order"].get("required", []) + spec["input_order"].get("optional", []):
+            input_spec = all_inputs[name]
+            is_widget = isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES
+            options = input_spec[1] if len(input_spec) > 1 else {}
+            if name in linked:
+                link = linked[name]
+                inputs[name] = [str(link[1]), link[2]]
+            elif is_widget:
+                inputs[name] = next(values)
+                if options.get("control_after_generate"):
+                    next(values)
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def static_errors(workflow: dict, info: dict) -> list[str]:
+    """Missing node types, links whose types do not match, widget counts that do not fit."""
+    errors = []
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] not in info:
+            errors.append(f"node {node['id']}: unknown type {node['type']}")
+    for link_id, src, slot, dst, dst_slot, kind in workflow["links"]:
+        out_type = info[nodes[src]["type"]]["output"][slot]
+        in_type = nodes[dst]["inputs"][dst_slot]["type"]
+        if out_type != kind or (in_type != kind and "*" not in (in_type, kind)):
+            errors.append(f"link {link_id}: {out_type} -> {in_type} (declared {kind})")
+    return errors
