@@ -26,32 +26,42 @@ def transformer_device_dtype(transformer):
 
 
 @torch.no_grad()
-def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sigmas, cfg: float,
-            progress: bool = True, callback=None) -> torch.Tensor:
-    """Integrate z from σ = sigmas[0] to sigmas[-1] with Euler steps z ← z + (σ_{i+1} − σ_i)·v.
+def euler(velocity, noise: torch.Tensor, sigmas, progress: bool = True, callback=None) -> torch.Tensor:
+    """Integrate z from σ = sigmas[0] to sigmas[-1] with Euler steps z ← z + (σ_{i+1} − σ_i)·velocity(z, σ_i).
 
-    `noise` [B, C, f, h, w]; text/null [B, L, D] with masks [B, L]; v = v_null + cfg·(v_text − v_null) (cfg 1 skips
-    the unconditional pass). `callback(i, total)` is called after every step (progress, interruption).
+    `velocity(z, sigma: float)` returns the (already guided) canonical velocity ε − z0 for z [B, C, f, h, w].
+    `callback(i, total)` is called after every step (progress, interruption). Works in fp32.
     """
-    device, dtype = transformer_device_dtype(transformer)
-    z = noise.to(device, torch.float32)
-    guided = cfg != 1.0
-    cond = torch.cat([null_text, text]) if guided else text
-    cond_mask = torch.cat([null_mask, text_mask]) if guided else text_mask
-    cond, cond_mask = cond.to(device, dtype), cond_mask.to(device)
+    z = noise.float()
     steps = len(sigmas) - 1
     for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-        batch = torch.cat([z, z]) if guided else z
-        sigma = torch.full((batch.shape[0],), float(sigmas[i]), device=device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type == "cuda"):
-            v = arch.velocity(transformer, batch.to(dtype), sigma, cond, cond_mask).float()
-        if guided:
-            v_null, v_text = v.chunk(2)
-            v = v_null + cfg * (v_text - v_null)
-        z = z + (float(sigmas[i + 1]) - float(sigmas[i])) * v
+        z = z + (float(sigmas[i + 1]) - float(sigmas[i])) * velocity(z, float(sigmas[i])).float()
         if callback is not None:
             callback(i + 1, steps)
     return z
+
+
+def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sigmas, cfg: float,
+            progress: bool = True, callback=None) -> torch.Tensor:
+    """Euler with classifier-free guidance on a diffusers transformer: v = v_null + cfg·(v_text − v_null), the
+    two passes batched (cfg 1 skips the unconditional one). `noise` [B, C, f, h, w]; text/null [B, L, D] with
+    masks [B, L]."""
+    device, dtype = transformer_device_dtype(transformer)
+    guided = cfg != 1.0
+    cond = (torch.cat([null_text, text]) if guided else text).to(device, dtype)
+    cond_mask = (torch.cat([null_mask, text_mask]) if guided else text_mask).to(device)
+
+    def velocity(z, sigma):
+        batch = torch.cat([z, z]) if guided else z
+        sigmas_b = torch.full((batch.shape[0],), sigma, device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type == "cuda"):
+            v = arch.velocity(transformer, batch.to(dtype), sigmas_b, cond, cond_mask).float()
+        if not guided:
+            return v
+        v_null, v_text = v.chunk(2)
+        return v_null + cfg * (v_text - v_null)
+
+    return euler(velocity, noise.to(device), sigmas, progress, callback)
 
 
 def generate(base, prompt: str, frames: int | None = None, height: int | None = None, width: int | None = None,

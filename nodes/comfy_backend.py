@@ -14,8 +14,11 @@ import comfy.model_base
 import comfy.model_management
 import comfy.samplers
 
-from ..dreamrelation_core.archs import MOCHI, WAN
+from ..dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, WAN
+from ..dreamrelation_core.flow import sampling_schedule
 from ..dreamrelation_core.native import NativeTriplet, native_targets
+from ..dreamrelation_core.sampling import euler, to_uint8_frames
+from ..dreamrelation_core.videoio import write_video
 
 NATIVE_ARCHITECTURES = ((comfy.model_base.WAN21, WAN), (comfy.model_base.GenmoMochi, MOCHI))
 NULL_TEXT = -1          # TrainingItem.text for the unconditional (caption-dropout) conditioning
@@ -81,6 +84,9 @@ class ComfyBackend:
         self.name = "ComfyUI MODEL"
         self.null_text = (NULL_TEXT, None)
         self._guider = self._extra_args = self._positive = self._negative = None
+        self.preview_conds = {}           # preview prompt -> index of its conditioning (after the exemplars')
+        self.decode = None                # processed latents [1, C, f, h, w] -> video [3, F, H, W] in [-1, 1]
+        self.last_preview = None          # uint8 frames [F, H, W, 3] of the newest preview
 
     def parameters(self) -> dict:
         return self.triplet.lora_parameters()
@@ -96,15 +102,43 @@ class ComfyBackend:
     def lora(self, alphas: dict, info: dict):
         return self.triplet.to_relation_lora(info)
 
+    def preview(self, prompts, path_of, frames, height, width, steps, cfg, seed) -> list:
+        """Sample `prompts` (registered in `preview_conds`) with the inference set, as the trainer's preview."""
+        latent = self._latent_shape
+        steps = steps or self.arch.sample_steps
+        cfg = self.arch.sample_cfg if cfg is None else cfg
+        sigmas = sampling_schedule(self.arch, steps)
+        self.triplet.activate(INFERENCE_ROLES)
+        paths = []
+        for k, prompt in enumerate(prompts):
+            index = self.preview_conds[prompt]
+            noise = torch.randn(latent, generator=torch.Generator().manual_seed(seed)).to(self.device)
+
+            def velocity(z, s, index=index):
+                sigma = torch.full((1,), s, device=self.device)
+                v_text = self.velocity(z, sigma, index)
+                if cfg == 1.0:
+                    return v_text
+                v_null = self.velocity(z, sigma, NULL_TEXT)
+                return v_null + cfg * (v_text - v_null)
+
+            with torch.no_grad():
+                frames_out = to_uint8_frames(self.decode(euler(velocity, noise, sigmas, progress=False)))
+            self.last_preview = frames_out
+            paths.append(write_video(path_of(k), frames_out, self.arch.fps))
+        return paths
+
     def run(self, fn, latents: torch.Tensor, positive: list, negative: list, seed: int = 0):
         """Prepare the model and conditioning as ComfyUI samples, then call `fn(processed latents [N, C, f, h, w])`
-        with this backend ready. `positive`: one conditioning entry per exemplar; `negative`: the unconditional."""
+        with this backend ready. `positive`: one conditioning entry per exemplar, then one per preview prompt
+        (see `preview_conds`); `negative`: the unconditional one."""
         guider = comfy.samplers.CFGGuider(self.patcher)
         guider.set_conds(positive, negative)
         guider.set_cfg(1.0)
 
         def inside(model_wrap, extra_args, processed):
             self._guider, self._extra_args = model_wrap, extra_args
+            self._latent_shape = (1, *processed.shape[1:])
             self._positive = list(model_wrap.conds["positive"])
             self._negative = model_wrap.conds["negative"][0]
             try:

@@ -12,7 +12,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..dreamrelation_core.config import RCLConfig, RunConfig, TrainConfig
+from ..dreamrelation_core.config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..dreamrelation_core.data import TrainingItem, prepare_clip
 from ..dreamrelation_core.formats import subjects_path
 from ..dreamrelation_core.masks import latent_masks
@@ -79,7 +79,16 @@ class TrainRelationTriplet(io.ComfyNode):
                                  tooltip="Continue from the newest checkpoint of this lora_name, if there is one."),
                 io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
                                  tooltip="Recompute block activations in the backward pass to save memory."),
+                io.Int.Input("preview_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Render the preview prompt with the relation LoRA every N steps (0: never); "
+                                     "videos go to output/dreamrelation/<lora_name>/samples."),
+                io.String.Input("preview_prompt", default="", multiline=True, optional=True,
+                                tooltip="Prompt with new subjects for the previews, e.g. 'A bear is high-fiving "
+                                        "with a raccoon.'"),
+                io.Int.Input("preview_steps", default=30, min=1, max=1000, optional=True,
+                             tooltip="Sampling steps of each preview."),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained relation LoRA."),
                 io.String.Output(display_name="lora_path", tooltip="Where the relation LoRA was written."),
@@ -88,7 +97,8 @@ class TrainRelationTriplet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, exemplars, lora_name, steps, learning_rate, rank, alpha, width, height,
-                length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True):
+                length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True,
+                preview_every=0, preview_prompt="", preview_steps=30):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
         if not lora_name.strip() or Path(lora_name).name != lora_name:
@@ -97,7 +107,11 @@ class TrainRelationTriplet(io.ComfyNode):
                            train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
                                              seed=seed, checkpoint_every=checkpoint_every, sigma_min=SIGMA_FLOOR,
                                              gradient_checkpointing=gradient_checkpointing),
-                           rcl=RCLConfig(enabled=rcl_weight > 0, weight=rcl_weight))
+                           rcl=RCLConfig(enabled=rcl_weight > 0, weight=rcl_weight),
+                           data=DataConfig(frames=length, height=height, width=width),
+                           sample=SampleConfig(every=preview_every if preview_prompt.strip() else 0,
+                                               prompts=[preview_prompt.strip()] if preview_prompt.strip() else [],
+                                               steps=preview_steps, seed=seed))
         out = run_directory(lora_name)
         with torch.inference_mode(False), torch.enable_grad():
             backend = ComfyBackend(model, config.lora, seed)
@@ -110,6 +124,16 @@ class TrainRelationTriplet(io.ComfyNode):
                 positive += _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize(ex["caption"])))
             latents = torch.cat([c[2] for c in clips]).float()
             negative = _unconditional(arch, clip, positive)
+            for prompt in config.sample.prompts:
+                backend.preview_conds[prompt] = len(positive)
+                positive += _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize(prompt)))
+
+            def decode(latents):
+                frames = vae.decode(backend.patcher.model.process_latent_out(latents))   # [..., F, H, W, 3] in [0, 1]
+                return frames.reshape(-1, *frames.shape[-3:]).permute(3, 0, 1, 2) * 2 - 1
+
+            backend.decode = decode
+            node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
             result = {}
 
             def train(processed):
@@ -124,7 +148,12 @@ class TrainRelationTriplet(io.ComfyNode):
                 bar.update_absolute(trainer.step)
 
                 def on_step(record):
-                    bar.update_absolute(record["step"])   # also where ComfyUI's Cancel is raised (server hook)
+                    previewed = config.sample.every and record["step"] % config.sample.every == 0
+                    image = _preview_image(backend.last_preview) if previewed else None
+                    # also where ComfyUI's Cancel is raised (the server's progress hook)
+                    bar.update_absolute(record["step"], preview=image)
+                    _progress_text(f"step {record['step']}/{steps}  loss {record['loss']:.4f}  "
+                                   f"({record['group'] or 'all'})", node_id)
                     comfy.model_management.throw_exception_if_processing_interrupted()
 
                 with _checkpointed_blocks(backend.patcher.model.diffusion_model, gradient_checkpointing):
@@ -135,6 +164,23 @@ class TrainRelationTriplet(io.ComfyNode):
         lora_sd = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
         trained, _ = comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)
         return io.NodeOutput(trained, str(lora_path))
+
+
+def _preview_image(frames):
+    """The middle frame of a preview, as ComfyUI's progress bar takes it."""
+    from PIL import Image
+
+    return None if frames is None else ("JPEG", Image.fromarray(frames[len(frames) // 2]), 512)
+
+
+def _progress_text(text: str, node_id) -> None:
+    """Loss under the node in the UI (only when a server is running)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    if getattr(PromptServer, "instance", None) is not None and node_id is not None:
+        PromptServer.instance.send_progress_text(text, node_id)
 
 
 def _publish(lora: Path, name: str) -> Path:

@@ -57,7 +57,10 @@ def train_wan():
         ("train", "DreamRelationTrain", {"lora_name": "high_five_wan", "steps": 2400, "learning_rate": 2e-4,
                                          "rank": 16, "alpha": 16.0, "width": 832, "height": 480, "length": 49,
                                          "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0,
-                                         "checkpoint_every": 200, "resume": True, "gradient_checkpointing": True},
+                                         "checkpoint_every": 200, "resume": True, "gradient_checkpointing": True,
+                                         "preview_every": 200,
+                                         "preview_prompt": "A bear is high-fiving with a raccoon.",
+                                         "preview_steps": 30},
          (4, 1)),
         ("positive", "CLIPTextEncode", {"text": "A bear is high-fiving with a raccoon in a serene forest "
                                                 "clearing."}, (1, 0)),

@@ -210,3 +210,17 @@ def test_training_works_on_a_model_loaded_under_inference_mode(pack, comfy):
         out = nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae(), exemplars, "inference_mode", 2, 5e-3,
                                                  4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False, False)
     assert Path(out.result[1]).is_file()
+
+
+def test_train_node_renders_previews_with_the_relation_lora(pack, comfy):
+    from dreamrelation_core.videoio import read_video
+
+    nodes = pack["nodes"]
+    model = native_model(comfy, "wan")
+    nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae(), toy_exemplars(nodes), "previewed", 4, 5e-3, 4,
+                                       4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False, False, 2,
+                                       "a yellow triangle approaches a purple diamond", 3)
+    samples = pack["root"] / "output" / "dreamrelation" / "previewed" / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["step_000002_0.mp4", "step_000004_0.mp4"]
+    frames, _ = read_video(samples / "step_000004_0.mp4")
+    assert frames.shape == (9, 32, 32, 3)

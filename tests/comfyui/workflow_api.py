@@ -27,9 +27,10 @@ def to_api(workflow: dict, info: dict) -> dict:
                 link = linked[name]
                 inputs[name] = [str(link[1]), link[2]]
             elif is_widget:
-                inputs[name] = next(values)
+                # Widgets added to a node after the workflow was saved keep their defaults (as in the frontend).
+                inputs[name] = next(values, options.get("default"))
                 if options.get("control_after_generate"):
-                    next(values)
+                    next(values, None)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
