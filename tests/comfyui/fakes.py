@@ -9,22 +9,24 @@ from dreamrelation_core.bases import HashTextEncoder, build_tiny
 
 
 class FakeClip:
-    def __init__(self, dim=32, length=16):
-        self.encoder = HashTextEncoder(dim=dim, max_length=length)
+    """`with_mask`: also return the token mask as ComfyUI's Mochi (T5) text encoder does."""
+
+    def __init__(self, dim=32, length=16, with_mask=False):
+        self.encoder, self.with_mask = HashTextEncoder(dim=dim, max_length=length), with_mask
 
     def tokenize(self, text):
         return text
 
     def encode_from_tokens_scheduled(self, tokens):
-        emb, _ = self.encoder.encode([tokens])
-        return [[emb, {}]]
+        emb, mask = self.encoder.encode([tokens])
+        return [[emb, {"attention_mask": mask.long()} if self.with_mask else {}]]
 
 
 class FakeVae:
-    """Our tiny diffusers Wan VAE behind ComfyUI's VAE interface (latents un-normalised, as ComfyUI's are)."""
+    """Our tiny diffusers VAE (Wan or Mochi) behind ComfyUI's VAE interface (latents un-normalised, as ComfyUI's)."""
 
-    def __init__(self):
-        self.codec = build_tiny("wan").codec
+    def __init__(self, arch="wan"):
+        self.codec = build_tiny(arch).codec
 
     def encode(self, pixels):
         video = pixels[..., :3].permute(3, 0, 1, 2)[None] * 2 - 1

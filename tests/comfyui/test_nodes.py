@@ -224,3 +224,23 @@ def test_train_node_renders_previews_with_the_relation_lora(pack, comfy):
     assert sorted(p.name for p in samples.iterdir()) == ["step_000002_0.mp4", "step_000004_0.mp4"]
     frames, _ = read_video(samples / "step_000004_0.mp4")
     assert frames.shape == (9, 32, 32, 3)
+
+
+def test_train_node_on_native_mochi_with_fused_qkv(pack, comfy):
+    """Mochi through the whole node: joint attention, text mask, fused q/k/v weight wrappers, fused export."""
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes, frames=13)
+    model = native_model(comfy, "mochi")
+    clip = FakeClip(dim=32, length=16, with_mask=True)
+    out = nodes.TrainRelationTriplet.execute(model, clip, FakeVae("mochi"), exemplars, "mochi_relation", 3, 5e-3, 4,
+                                             4.0, 32, 32, 13, 50.0, 0.01, 0, 0, False, True)
+    with safe_open(out.result[1], "pt") as f:
+        keys = set(f.keys())
+        meta = json.loads(f.metadata()["dreamrelation"])
+    assert meta["arch"] == "mochi" and "diffusion_model.blocks.0.attn.qkv_x.lora_A.weight" in keys
+    log = [json.loads(l) for l in (pack["root"] / "output" / "dreamrelation" / "mochi_relation" / "log.jsonl")
+           .read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(r["loss"]) for r in log)
+    stock, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(out.result[1]), 1.0, 0)
+    stock.patch_model()
+    stock.unpatch_model()
