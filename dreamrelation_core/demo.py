@@ -7,7 +7,7 @@ import numpy as np
 
 from .config import DataConfig, RunConfig, SampleConfig, TrainConfig
 
-DEMO_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "square"), ("orange", "circle"))]
+DEMO_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "square"), ("cyan", "circle"))]
 DEMO_PROMPT = "a yellow triangle approaches a purple diamond"
 
 
