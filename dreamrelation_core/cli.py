@@ -89,6 +89,13 @@ def _convert(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import run
+
+    run(args.kind, clips=args.clips, json_path=args.json)
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -139,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["comfyui", "diffusers"], default="comfyui")
     p.add_argument("--subjects", action="store_true", help="also write <output>.subjects.safetensors")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
+    p.add_argument("kind", choices=["evaluator"], help="evaluator: the SynthRel evaluator on ground-truth renders")
+    p.add_argument("--clips", type=int, default=50, help="clips per relation")
+    p.add_argument("--json", help="also write the figures as JSON here")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("demo", help="no-download demo: toy exemplars -> train on tiny-wan -> sample")
     p.add_argument("--out", default="runs/demo")
