@@ -4,7 +4,7 @@ The trainer, sampler and triplet never branch on the architecture name; they rea
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -157,7 +157,31 @@ MOCHI = Architecture(
     ),
 )
 
-ARCHITECTURES = {a.name: a for a in (WAN, MOCHI)}
+# The SynthRel toy base: a real Wan transformer at tiny size on a fixed invertible pixel<->latent map (2×2
+# space-to-depth, no temporal compression) of 9-frame 32×32 clips, with a hashed-word text encoder
+# (synthrel/base.py). A token (1×2×2 latent patch = 4×4×3 pixels, 48 values) fits the width of 128, so the model
+# can predict pixel-space noise exactly; 4×4 space-to-depth (192 values a token) left residual noise.
+SYNTHREL = replace(
+    WAN,
+    name="synthrel",
+    temporal_ratio=1,
+    spatial_ratio=2,
+    latent_channels=12,
+    text_max_length=12,
+    sample_shift=1.0,
+    sample_steps=20,
+    sample_cfg=4.0,
+    fps=8,
+    default_frames=9,
+    default_size=(32, 32),
+    tiny_transformer=dict(
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=12, out_channels=12,
+        text_dim=32, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    ),
+)
+
+ARCHITECTURES = {a.name: a for a in (WAN, MOCHI, SYNTHREL)}
 
 
 def get_architecture(name: str) -> Architecture:

@@ -700,8 +700,9 @@ def load_base(spec: str, components: str | None = None, dtype: torch.dtype = tor
               *, config_overrides: dict | None = None, expert: str | None = None) -> Base:
     """Load a base from `spec`, offline, frozen and in eval mode, with weights in `dtype` (tiny text encoders excepted).
 
-    `spec`: "tiny-wan" / "tiny-mochi" (see `build_tiny`); a diffusers pipeline folder (model_index.json,
-    transformer/, vae/, text_encoder/, tokenizer/; `components` may point elsewhere for the last three); a bare
+    `spec`: "tiny-wan" / "tiny-mochi" (see `build_tiny`); "synthrel" (the SynthRel toy base); a diffusers
+    pipeline folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/; `components` may point
+    elsewhere for the last three); a bare
     diffusers transformer folder (needs `components`); or a single-file original-layout transformer `.safetensors`
     (Wan keys `blocks.0.self_attn.q.weight`, Mochi genmo keys `blocks.0.attn.qkv_x.weight`, optionally prefixed
     `model.diffusion_model.`), which needs `components` = a diffusers pipeline folder for vae/text_encoder/tokenizer.
@@ -711,6 +712,10 @@ def load_base(spec: str, components: str | None = None, dtype: torch.dtype = tor
     off the tensors, then by `config_overrides`. `arch` forces / checks the architecture name ("wan", "mochi").
     Text from the returned encoder is [B, L, D] with L = `base.text_encoder.max_length`.
     """
+    if spec == "synthrel":
+        from .synthrel.base import build_synthrel_base
+
+        return build_synthrel_base()
     if spec in TINY_SPECS:
         if expert is not None:
             raise ValueError(f"{spec} has no experts (expert={expert!r} applies to Wan 2.2 pipeline folders)")

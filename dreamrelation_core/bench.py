@@ -90,15 +90,40 @@ def evaluator_markdown(result: dict, degraded: dict) -> str:
     return "\n".join(lines)
 
 
-def run(kind: str, clips: int = 50, json_path=None, progress: bool = True) -> dict:
-    if kind != "evaluator":
-        raise ValueError(f"unknown benchmark {kind!r}; expected 'evaluator'")
+def _write_json(result: dict, json_path) -> None:
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False) -> dict:
+    """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
+    `quality`: DreamRelation vs. direct LoRA vs. ablations vs. base on held-out relations."""
+    from .synthrel import quality
+
+    if kind == "base":
+        result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress)
+        markdown = quality.base_markdown(result)
+    elif kind == "quality":
+        result = quality.benchmark(steps=30 if quick else 300, prompts=2 if quick else 4,
+                                   seeds=(0,) if quick else (0, 1, 2), progress=progress)
+        markdown = quality.markdown(result)
+    elif kind == "evaluator":
+        return _evaluator(clips, json_path, progress)
+    else:
+        raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base or quality")
+    print(markdown)
+    if not quick:
+        write_section(kind, markdown)
+    _write_json(result, json_path)
+    return result
+
+
+def _evaluator(clips: int, json_path, progress: bool) -> dict:
     result = evaluator_benchmark(clips, progress=progress)
     degraded = evaluator_benchmark(clips, seed=1, progress=progress, degraded=True)
     markdown = evaluator_markdown(result, degraded)
     print(markdown)
     write_section("evaluator", markdown)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({"crisp": result, "degraded": degraded}, indent=2) + "\n")
+    _write_json({"crisp": result, "degraded": degraded}, json_path)
     return {"crisp": result, "degraded": degraded}

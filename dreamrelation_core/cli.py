@@ -22,24 +22,18 @@ def _train(args) -> int:
 
 def _sample(args) -> int:
     from .bases import load_base
-    from .formats import apply_lora, load_lora, subjects_path
+    from .formats import apply_lora, load_lora_with_subjects
     from .sampling import generate, to_uint8_frames
     from .triplet import merge_inference_set
     from .videoio import write_video
 
     base = load_base(args.base, args.components)
     if args.lora:
-        lora = load_lora(args.lora)
-        strengths = {"relation": args.relation_strength, "ffn": args.ffn_strength,
-                     "subject1": args.subject_strength, "subject2": args.subject_strength}
-        if args.subject_strength and not {"subject1", "subject2"} & set(lora.weights):
-            subjects = subjects_path(args.lora)
-            if not subjects.is_file():
-                raise ValueError(f"--subject-strength needs the subject LoRAs: {subjects} not found")
-            lora.weights.update(load_lora(subjects).weights)
-            lora.alphas.update(load_lora(subjects).alphas)
+        lora = load_lora_with_subjects(args.lora, subjects=bool(args.subject_strength))
         if lora.arch != base.arch.name:
             raise ValueError(f"{args.lora} is a {lora.arch} LoRA but the base is {base.arch.name}")
+        strengths = {"relation": args.relation_strength, "ffn": args.ffn_strength,
+                     "subject1": args.subject_strength, "subject2": args.subject_strength}
         apply_lora(base.transformer, lora, [r for r, s in strengths.items() if s and r in lora.weights])
         merge_inference_set(base.transformer, strengths)
     video = generate(base, args.prompt, args.frames, args.height, args.width, args.steps, args.cfg, args.seed,
@@ -92,7 +86,14 @@ def _convert(args) -> int:
 def _bench(args) -> int:
     from .bench import run
 
-    run(args.kind, clips=args.clips, json_path=args.json)
+    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick)
+    return 0
+
+
+def _pretrain_synthrel(args) -> int:
+    from .synthrel.base import pretrain
+
+    print(f"weights: {pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)}")
     return 0
 
 
@@ -148,14 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("kind", choices=["evaluator"], help="evaluator: the SynthRel evaluator on ground-truth renders")
-    p.add_argument("--clips", type=int, default=50, help="clips per relation")
+    p.add_argument("kind", choices=["evaluator", "base", "quality"],
+                   help="evaluator: the SynthRel evaluator on ground truth; base: the SynthRel base per relation; "
+                        "quality: DreamRelation vs. direct LoRA vs. ablations vs. base on held-out relations")
+    p.add_argument("--clips", type=int, default=50, help="evaluator: clips per relation")
+    p.add_argument("--quick", action="store_true", help="a fast mini run (not written to docs/benchmarks.md)")
     p.add_argument("--json", help="also write the figures as JSON here")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("demo", help="no-download demo: toy exemplars -> train on tiny-wan -> sample")
+    p = sub.add_parser("pretrain-synthrel", help="pretrain the SynthRel base (all relations but the held-out ones)")
+    p.add_argument("--out", default="runs/synthrel_base")
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_pretrain_synthrel)
+
+    p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "
+                                    "subjects (exemplars | base | DreamRelation)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=300)
     p.set_defaults(func=_demo)
     return parser
 

@@ -1,45 +1,49 @@
-"""The no-download demo: toy exemplars of one relation -> relation LoRA on tiny-wan -> samples on new subjects."""
+"""The no-download demo: learn a relation the SynthRel base has never seen from 8 exemplars, then render it with
+subjects the exemplars never showed — exemplars | base | DreamRelation side by side, metrics and the LoRA."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, RunConfig, SampleConfig, TrainConfig
-
-DEMO_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "square"), ("cyan", "circle"))]
-DEMO_PROMPT = "a yellow triangle approaches a purple diamond"
+DEMO_RELATION = "pushes"
 
 
-def demo_config(out: Path, steps: int) -> RunConfig:
-    return RunConfig(
-        base="tiny-wan", name="approaches", output_dir=str(out), device="cpu",
-        data=DataConfig(videos=str(out / "exemplars"), frames=17, height=64, width=64),
-        train=TrainConfig(steps=steps, learning_rate=1e-3, warmup_steps=min(10, steps), checkpoint_every=0,
-                          gradient_checkpointing=False),
-        sample=SampleConfig(steps=10, seed=0))
+def _upscale(frames: np.ndarray, factor: int = 4) -> np.ndarray:
+    return frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def run_demo(out: Path, steps: int = 30, progress: bool = True) -> dict:
-    """Write 6 toy exemplars of "approaches", train `steps` steps, sample base vs. relation LoRA side by side."""
-    from .bases import load_base
-    from .sampling import generate, to_uint8_frames
-    from .synthrel import write_exemplars
+def run_demo(out: Path, steps: int = 300, progress: bool = True, relation: str = DEMO_RELATION) -> dict:
+    """Write exemplars of the held-out `relation`, train DreamRelation `steps` steps on the SynthRel base, sample the
+    base and the relation LoRA on unseen subjects, judge both with the evaluator. Returns the written paths."""
+    from .synthrel.base import build_synthrel_base
+    from .synthrel.quality import EXEMPLAR_PAIRS, FRAMES, SIZE, judge, run_config, sample_clip, test_subjects
+    from .synthrel.render import caption, write_exemplars
     from .trainer import RelationTrainer
-    from .triplet import activate
-    from .videoio import write_video
+    from .videoio import read_video, write_video
 
     out = Path(out)
-    config = demo_config(out, steps)
-    write_exemplars(out / "exemplars", "approaches", 6, DEMO_PAIRS, frames=17, size=(64, 64))
-    d, s = config.data, config.sample
-    base_video = generate(load_base("tiny-wan"), DEMO_PROMPT, d.frames, d.height, d.width, s.steps, None, s.seed,
-                          progress=False)
-    trainer = RelationTrainer(config, progress=progress)
+    exemplars = write_exemplars(out / "exemplars", relation, 8, EXEMPLAR_PAIRS, frames=FRAMES, size=SIZE)
+    pairs = test_subjects(2)
+    prompt = caption(relation, *pairs[0])
+    base = build_synthrel_base()
+    before = sample_clip(base, prompt, 0, 20, 4.0)
+    metrics = {"relation": relation, "prompt": prompt, "base": judge(base, relation, pairs, (0, 1), 20, 4.0)}
+
+    trainer = RelationTrainer(run_config(out, exemplars, steps, {}, seed=0), progress=progress)
     lora = trainer.train()
     trainer.backend.activate(("relation", "ffn"))
-    lora_video = generate(trainer.backend.base, DEMO_PROMPT, d.frames, d.height, d.width, s.steps, None, s.seed,
-                          progress=False)
-    side_by_side = np.concatenate([to_uint8_frames(base_video), to_uint8_frames(lora_video)], axis=2)
-    video = write_video(out / "base_vs_relation.gif", side_by_side, fps=8)
-    return {"lora": lora, "video": video, "log": out / "log.jsonl"}
+    trained = trainer.backend.base
+    after = sample_clip(trained, prompt, 0, 20, 4.0)
+    metrics["dreamrelation"] = judge(trained, relation, pairs, (0, 1), 20, 4.0)
+
+    exemplar, _ = read_video(exemplars / "clip_00.mp4")
+    side_by_side = np.concatenate([_upscale(exemplar[:len(before)]), _upscale(before), _upscale(after)], axis=2)
+    video = write_video(out / "exemplar_base_dreamrelation.gif", side_by_side, fps=8)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if progress:
+        for name in ("base", "dreamrelation"):
+            m = metrics[name]
+            print(f"{name:14s} relation accuracy {m['relation_accuracy']:.2f}  leakage {m['leakage']:.2f}")
+    return {"lora": lora, "video": video, "metrics": out / "metrics.json", "log": out / "log.jsonl"}

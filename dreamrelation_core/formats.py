@@ -318,6 +318,20 @@ def load_lora(path) -> RelationLora:
                      f"DreamRelation checkpoint; a plain ComfyUI LoRA loads with ComfyUI's own LoRA loader")
 
 
+def load_lora_with_subjects(path, subjects: bool = False) -> RelationLora:
+    """`load_lora`, plus the subject LoRAs from the sibling `<name>.subjects.safetensors` when `subjects` is asked
+    for and the file itself has none (ValueError if the sibling is missing)."""
+    lora = load_lora(path)
+    if subjects and not set(SUBJECT_ROLES) & set(lora.weights):
+        sibling = subjects_path(path)
+        if not sibling.is_file():
+            raise ValueError(f"the subject LoRAs were asked for but {sibling} does not exist")
+        extra = load_lora(sibling)
+        lora.weights.update(extra.weights)
+        lora.alphas.update(extra.alphas)
+    return lora
+
+
 def load_relation_lora(model: torch.nn.Module, path, roles=None) -> RelationLora:
     """Read a relation LoRA file and apply `roles` of it (default: all it holds) to `model`, unmerged and active."""
     lora = load_lora(path)

@@ -81,10 +81,10 @@ class RelationalContrastiveBank:
     def load_state_dict(self, state: dict) -> None:
         self.positives.clear(); self.positives.extend(state["positives"])
         self.negatives.clear(); self.negatives.extend(state["negatives"])
-        self.rng.setstate(_as_random_state(state["rng"]))
+        self.rng.setstate(as_random_state(state["rng"]))
 
 
-def _as_random_state(state):
+def as_random_state(state):
     """random.getstate() round-trips through torch.save as lists; setstate wants tuples."""
     version, internal, gauss = state
     return (version, tuple(internal), gauss)

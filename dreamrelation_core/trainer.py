@@ -23,7 +23,7 @@ from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
 from .formats import atomic_save_safetensors, file_digest, lora_from_model, save_lora, subjects_path
-from .losses import RelationalContrastiveBank, _as_random_state, hybrid_mask_loss
+from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
 
@@ -298,7 +298,7 @@ class RelationTrainer:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.rng.setstate(_as_random_state(state["rng"]))
+        self.rng.setstate(as_random_state(state["rng"]))
         self.generator.set_state(state["generator"])
         self.bank.load_state_dict(state["bank"])
         self.step = int(state["step"])

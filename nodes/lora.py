@@ -7,7 +7,7 @@ import comfy.sd
 import folder_paths
 from comfy_api.latest import io
 
-from ..dreamrelation_core.formats import load_lora, subjects_path, to_native
+from ..dreamrelation_core.formats import load_lora_with_subjects, to_native
 from .comfy_backend import native_architecture
 from .common import CATEGORY
 
@@ -15,18 +15,10 @@ from .common import CATEGORY
 def apply_relation_lora(model, path, strengths: dict):
     """A clone of `model` with each role of the file at `path` patched at its strength, through ComfyUI's own
     LoRA loader on ComfyUI-native keys (one load per role, so strengths stack like chained LoRA loaders)."""
-    lora = load_lora(path)
+    lora = load_lora_with_subjects(path, subjects=any(strengths.get(r) for r in ("subject1", "subject2")))
     arch = native_architecture(model)
     if lora.arch != arch.name:
         raise ValueError(f"{Path(path).name} is a {lora.arch} relation LoRA but the MODEL is {arch.name}")
-    wants_subjects = any(strengths.get(r) for r in ("subject1", "subject2"))
-    if wants_subjects and not {"subject1", "subject2"} & set(lora.weights):
-        sibling = subjects_path(path)
-        if not Path(sibling).is_file():
-            raise ValueError(f"subject_strength needs the subject LoRAs: {sibling} not found")
-        subjects = load_lora(sibling)
-        lora.weights.update(subjects.weights)
-        lora.alphas.update(subjects.alphas)
     for role, strength in strengths.items():
         if strength and role in lora.weights:
             tensors, _, _ = to_native(lora.subset([role]), [role])

@@ -80,9 +80,14 @@ def test_module_entry_point_runs():
     assert result.returncode == 0 and "train" in result.stdout and "sample" in result.stdout
 
 
-def test_demo_writes_lora_and_side_by_side(tmp_path):
+def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
+    import json
+
     from dreamrelation_core.demo import run_demo
 
     result = run_demo(tmp_path, steps=2, progress=False)
     frames, _ = read_video(result["video"])
-    assert frames.shape == (17, 64, 128, 3) and result["lora"].is_file()
+    assert frames.shape == (9, 128, 384, 3) and result["lora"].is_file()
+    metrics = json.loads(result["metrics"].read_text())
+    assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "prompt"}
+    assert 0.0 <= metrics["dreamrelation"]["relation_accuracy"] <= 1.0

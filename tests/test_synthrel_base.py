@@ -1,0 +1,38 @@
+import torch
+
+from dreamrelation_core.archs import SYNTHREL
+from dreamrelation_core.bases import load_base
+from dreamrelation_core.synthrel.base import HELD_OUT, KNOWN, PixelCodec, pretrain, random_clip
+
+
+def test_pixel_codec_is_exactly_invertible():
+    codec = PixelCodec()
+    video = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    mean, std = codec.encode(video)
+    assert mean.shape == (2, 12, 5, 16, 16) and torch.count_nonzero(std) == 0
+    assert torch.equal(codec.decode(mean), video)
+    assert codec.latent_shape(9, 32, 32) == (12, 9, 16, 16)
+
+
+def test_synthrel_base_loads_and_runs():
+    base = load_base("synthrel")
+    assert base.arch is SYNTHREL and base.arch.latent_frames(9) == 9
+    video, caption = random_clip(__import__("random").Random(0))
+    assert video.shape == (3, 9, 32, 32) and caption.split()[0] == "a"
+    z, _ = base.codec.encode(video[None])
+    text, mask = base.text_encoder.encode([caption])
+    with torch.no_grad():
+        v = SYNTHREL.velocity(base.transformer, z, torch.tensor([0.5]), text, mask)
+    assert v.shape == z.shape
+    assert set(KNOWN).isdisjoint(HELD_OUT) and len(KNOWN) + len(HELD_OUT) == 8
+
+
+def test_pretraining_resumes_where_it_stopped(tmp_path):
+    pretrain(tmp_path / "a", steps=4, batch=1, checkpoint_every=2, progress=False)
+    assert pretrain(tmp_path / "b", steps=4, batch=1, checkpoint_every=2, progress=False, max_steps=2).name == \
+        "pretrain_state.pt"
+    pretrain(tmp_path / "b", steps=4, batch=1, checkpoint_every=2, progress=False)
+    losses = [[__import__("json").loads(l)["loss"] for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+              for d in ("a", "b")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    assert (tmp_path / "b" / "synthrel_base.safetensors").is_file()
