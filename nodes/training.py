@@ -117,11 +117,7 @@ class TrainRelationTriplet(io.ComfyNode):
             backend = ComfyBackend(model, config.lora, seed)
             arch = backend.arch
             arch.latent_frames(length)
-            clips, positive = [], []
-            for ex in exemplars:
-                video, masks = prepare_clip(image_to_uint8(ex["frames"]), ex["masks"].numpy(), length, height, width)
-                clips.append((ex, masks, vae.encode(((video.permute(1, 2, 3, 0) + 1) / 2).contiguous())))
-                positive += _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize(ex["caption"])))
+            clips, positive = _encode_exemplars(exemplars, clip, vae, length, height, width)
             latents = torch.cat([c[2] for c in clips]).float()
             negative = _unconditional(arch, clip, positive)
             for prompt in config.sample.prompts:
@@ -164,6 +160,16 @@ class TrainRelationTriplet(io.ComfyNode):
         lora_sd = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
         trained, _ = comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)
         return io.NodeOutput(trained, str(lora_path))
+
+
+def _encode_exemplars(exemplars, clip, vae, length: int, height: int, width: int):
+    """Per exemplar: (exemplar, pixel masks [F, 2, H, W], native VAE latent), and its caption's conditioning."""
+    clips, positive = [], []
+    for ex in exemplars:
+        video, masks = prepare_clip(image_to_uint8(ex["frames"]), ex["masks"].numpy(), length, height, width)
+        clips.append((ex, masks, vae.encode(((video.permute(1, 2, 3, 0) + 1) / 2).contiguous())))
+        positive += _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize(ex["caption"])))
+    return clips, positive
 
 
 def _preview_image(frames):
