@@ -1,16 +1,44 @@
-"""Subject masks from a first-frame box: OpenCV tracking through the clip, optionally refined with GrabCut."""
+"""Subject masks from a first-frame box: OpenCV tracking through the clip (CSRT, or template matching where
+OpenCV lacks it), optionally refined with GrabCut."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
 
-def _tracker():
-    # CSRT (opencv-contrib) is the accurate one; MIL ships with plain opencv and needs no model files.
-    for name in ("TrackerCSRT_create", "TrackerMIL_create"):
-        if hasattr(cv2, name):
-            return getattr(cv2, name)()
-    raise RuntimeError("this OpenCV build has neither the CSRT nor the MIL tracker")
+def _csrt():
+    """OpenCV's CSRT tracker when the build has it (opencv-contrib), else None."""
+    for owner in (cv2, getattr(cv2, "legacy", None)):
+        if owner is not None and hasattr(owner, "TrackerCSRT_create"):
+            return owner.TrackerCSRT_create()
+    return None
+
+
+def _match_template(frames_bgr, box) -> list:
+    """Fallback tracker: normalised cross-correlation of the first-frame patch (with a margin of background, so
+    that flat-coloured subjects still have contrast), searched around the last position. Plain OpenCV has no
+    robust model-free tracker: MIL drifts off small or fast subjects."""
+    x, y, w, h = box
+    height, width = frames_bgr[0].shape[:2]
+    mx, my = max(2, w // 3), max(2, h // 3)
+    tx0, ty0 = max(0, x - mx), max(0, y - my)
+    tx1, ty1 = min(width, x + w + mx), min(height, y + h + my)
+    template = frames_bgr[0][ty0:ty1, tx0:tx1]
+    tw, th = tx1 - tx0, ty1 - ty0
+    offset = (x - tx0, y - ty0)
+    positions = [(tx0, ty0)]
+    for frame in frames_bgr[1:]:
+        px, py = positions[-1]
+        x0, y0 = max(0, px - 2 * tw), max(0, py - 2 * th)
+        x1, y1 = min(width, px + 3 * tw), min(height, py + 3 * th)
+        window = frame[y0:y1, x0:x1]
+        if window.shape[0] < th or window.shape[1] < tw:
+            positions.append(positions[-1])
+            continue
+        score = np.nan_to_num(cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED), nan=-1.0)
+        _, best, _, (bx, by) = cv2.minMaxLoc(score)
+        positions.append((x0 + bx, y0 + by) if best > 0.3 else positions[-1])
+    return [(px + offset[0], py + offset[1], w, h) for px, py in positions]
 
 
 def parse_box(text: str, width: int, height: int, name: str = "box") -> tuple[int, int, int, int]:
@@ -27,12 +55,15 @@ def parse_box(text: str, width: int, height: int, name: str = "box") -> tuple[in
 def track_box(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """Track `box` (x, y, w, h on frame 0) through uint8 RGB frames [F, H, W, 3] -> boxes int [F, 4].
 
-    A frame where the tracker loses the subject keeps the last known box.
+    CSRT when OpenCV has it, else template matching; a frame where the subject is lost keeps the last box.
     """
-    tracker = _tracker()
     bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
-    tracker.init(bgr[0], tuple(int(v) for v in box))
-    boxes = [tuple(box)]
+    box = tuple(int(v) for v in box)
+    tracker = _csrt()
+    if tracker is None:
+        return np.array(_match_template(bgr, box), dtype=np.int64)
+    tracker.init(bgr[0], box)
+    boxes = [box]
     for frame in bgr[1:]:
         ok, found = tracker.update(frame)
         boxes.append(tuple(int(round(v)) for v in found) if ok else boxes[-1])

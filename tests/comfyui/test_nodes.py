@@ -167,11 +167,11 @@ def test_mask_video_node_sources_and_validation(pack, tmp_path):
     nodes = pack["nodes"]
     from dreamrelation_core.synthrel import render_clip, write_exemplars
 
-    video, masks, _ = render_clip("approaches", ("red", "circle"), ("blue", "square"), frames=9, size=(48, 64))
+    video, masks, _ = render_clip("approaches", ("red", "circle"), ("blue", "square"), frames=17, size=(96, 128))
     images = torch.from_numpy(video).float() / 255
     m1, m2, preview = nodes.MaskVideo.execute(images, torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1])).result
     assert torch.equal(m1, torch.from_numpy(masks[:, 0])) and preview.shape == images.shape
-    write_exemplars(tmp_path, "approaches", 1, [(("red", "circle"), ("blue", "square"))], frames=9, size=(48, 64))
+    write_exemplars(tmp_path, "approaches", 1, [(("red", "circle"), ("blue", "square"))], frames=17, size=(96, 128))
     f1, f2, _ = nodes.MaskVideo.execute(images, mask_folder=str(tmp_path / "masks" / "clip_00")).result
     assert torch.equal(f1, m1) and torch.equal(f2, m2)
     ys, xs = np.nonzero(masks[0, 0])
