@@ -159,11 +159,13 @@ def model_card(run_dir: Path, report: dict) -> str:
              f"{', '.join(settings['held_out'])}.",
              "- Clips rendered on the fly: random relation, two random distinct-colour subjects "
              "(6 colours × 4 shapes), random sizes, placements, mirroring and backgrounds.",
-             f"- Flow matching (σ ~ U(0, 1), target ε − z0), AdamW lr {settings['lr']} (200 warm-up, cosine), "
-             f"weight decay 0.01, batch {settings['batch']}, {settings['steps']} steps, caption dropout "
-             f"{settings['caption_dropout']}, seed {settings['seed']}, fp32 on CPU.",
-             "- Reproduce: `python -m dreamrelation_core pretrain-synthrel --out runs/synthrel_base "
-             f"--steps {settings['steps']} --batch {settings['batch']} --lr {settings['lr']} --seed {settings['seed']}`.",
+             f"- Flow matching (σ ~ U(0, 1), target ε − z0), AdamW lr {settings['lr']} "
+             f"({settings.get('schedule', '200 warm-up, cosine')}), weight decay 0.01, batch {settings['batch']}, "
+             f"{settings['steps']} steps, caption dropout {settings['caption_dropout']}, seed {settings['seed']}, "
+             "fp32 on CPU.",
+             "- Reproduce: " + settings.get("reproduce", "`python -m dreamrelation_core pretrain-synthrel --out "
+                                             f"runs/synthrel_base --steps {settings['steps']} --batch "
+                                             f"{settings['batch']} --lr {settings['lr']} --seed {settings['seed']}`") + ".",
              "", "## Loss curve", "", "| step | mean loss |", "|---|---|"]
     lines += [f"| {step} | {loss:.4f} |" for step, loss in curve]
     lines += ["", "## What it renders (evaluator, before any relation LoRA)", "",
