@@ -149,7 +149,7 @@ def model_card(run_dir: Path, report: dict) -> str:
     settings = json.loads((run_dir / "pretrain.json").read_text())
     losses = [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     window = max(1, len(losses) // 16)
-    curve = [(k + window, sum(losses[k:k + window]) / len(losses[k:k + window]))
+    curve = [(min(k + window, len(losses)), sum(losses[k:k + window]) / len(losses[k:k + window]))
              for k in range(0, len(losses), window)]
     lines = ["# SynthRel base (tiny Wan transformer)", "",
              "A `WanTransformer3DModel` (4 layers, width 128, 4 heads, patch 1×2×2; text: hashed words, 32-d) that "
