@@ -181,7 +181,9 @@ SYNTHREL = replace(
     ),
 )
 
-ARCHITECTURES = {a.name: a for a in (WAN, MOCHI, SYNTHREL)}
+# Real model families (loadable from diffusers folders and checkpoint files), and every architecture by name.
+MODEL_FAMILIES = {a.name: a for a in (WAN, MOCHI)}
+ARCHITECTURES = {**MODEL_FAMILIES, SYNTHREL.name: SYNTHREL}
 
 
 def get_architecture(name: str) -> Architecture:

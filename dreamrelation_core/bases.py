@@ -21,10 +21,10 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
-from .archs import ARCHITECTURES, Architecture, get_architecture
+from .archs import MODEL_FAMILIES, Architecture, get_architecture
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TINY_SPECS = {f"tiny-{name}": name for name in ARCHITECTURES}
+TINY_SPECS = {f"tiny-{name}": name for name in MODEL_FAMILIES}
 TINY_TEXT_LENGTH = 16          # equals the tiny Mochi transformer's max_sequence_length
 _VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLMochi")
 _TEXT_MODEL_CLASSES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}   # by text_encoder/config.json model_type
@@ -393,7 +393,7 @@ _FAMILIES = {
         infer_config=_mochi_single_file_config, convert=_mochi_convert,
     ),
 }
-_CLASS_TO_ARCH = {a.transformer_class: a for a in ARCHITECTURES.values()}
+_CLASS_TO_ARCH = {a.transformer_class: a for a in MODEL_FAMILIES.values()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -452,7 +452,7 @@ def _resolve_arch(class_name: str | None, arch: str | None, where: str) -> Archi
         return chosen
     if detected is None:
         raise ValueError(f"{where}: cannot tell the architecture from transformer class {class_name!r}; expected one "
-                         f"of {sorted(_CLASS_TO_ARCH)} or pass arch= (one of {sorted(ARCHITECTURES)})")
+                         f"of {sorted(_CLASS_TO_ARCH)} or pass arch= (one of {sorted(MODEL_FAMILIES)})")
     return detected
 
 
