@@ -19,7 +19,6 @@ GROUP_ROLES = {
     "subject1": ("subject1", "ffn"),
     "subject2": ("subject2", "ffn"),
 }
-ALL_ROLES = ROLES
 
 
 @dataclass

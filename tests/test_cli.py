@@ -13,7 +13,7 @@ from dreamrelation_core.formats import load_relation_lora
 from dreamrelation_core.sampling import generate
 from dreamrelation_core.synthrel import write_exemplars
 from dreamrelation_core.trainer import RelationTrainer
-from dreamrelation_core.triplet import activate, merge_inference_set
+from dreamrelation_core.triplet import merge_inference_set
 from dreamrelation_core.videoio import read_video
 
 ROOT = Path(__file__).resolve().parents[1]

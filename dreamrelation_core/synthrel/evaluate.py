@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .render import COLORS, RELATIONS
+from .render import COLORS
 
 PALETTE_NAMES = list(COLORS)
 PALETTE = np.array([COLORS[c] for c in PALETTE_NAMES], dtype=np.float32)

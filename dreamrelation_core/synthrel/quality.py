@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from ..archs import SYNTHREL
 from ..config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig

@@ -3,10 +3,9 @@ import json
 import time
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
-from .native_models import WAN_NATIVE, native_model
+from .native_models import native_model
 
 
 @pytest.fixture(scope="module")
