@@ -176,7 +176,7 @@ SYNTHREL = replace(
     default_size=(32, 32),
     tiny_transformer=dict(
         patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=12, out_channels=12,
-        text_dim=32, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
+        text_dim=64, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
     ),
 )

@@ -48,13 +48,20 @@ class HashTextEncoder:
     """Deterministic toy text encoder for tiny bases: no weights, no vocabulary, identical in every process.
 
     `encode(prompts)` lower-cases each prompt, splits it into words, and gives word i the vector
-    randn(dim) drawn from a generator seeded by crc32(word) plus a small sinusoidal position term; it returns
-    embeddings float32 [B, max_length, dim] (zero past the last word, words past `max_length` dropped) and a bool
-    mask [B, max_length] that is True on words. An empty prompt gives all zeros and an all-False mask.
+    h(w_i) + position_scale·pos_i + context·(h("<" + w_{i−1}) + h(">" + w_{i+1})), where h(word) is randn(dim)
+    drawn from a generator seeded by crc32(word) and pos_i a sinusoidal position code. It returns embeddings
+    float32 [B, max_length, dim] (zero past the last word, words past `max_length` dropped) and a bool mask
+    [B, max_length] that is True on words. An empty prompt gives all zeros and an all-False mask.
+
+    `context` > 0 lets each word carry its neighbours ("red" knows it precedes "triangle"), so a tiny model can bind
+    attributes to subjects with one cross-attention lookup; a pure bag of hashed words cannot tell
+    "a red circle approaches a blue square" from "a blue circle approaches a red square".
     """
 
-    def __init__(self, dim: int = 32, max_length: int = TINY_TEXT_LENGTH, position_scale: float = 0.1):
+    def __init__(self, dim: int = 32, max_length: int = TINY_TEXT_LENGTH, position_scale: float = 0.1,
+                 context: float = 0.0):
         self.dim, self.max_length, self.position_scale = int(dim), int(max_length), float(position_scale)
+        self.context = float(context)
         self._cache: dict[str, torch.Tensor] = {}
         pos = torch.arange(self.max_length, dtype=torch.float64)[:, None]
         freq = torch.exp(-math.log(1e4) * torch.arange(0, self.dim, 2, dtype=torch.float64) / self.dim)
@@ -85,8 +92,13 @@ class HashTextEncoder:
         emb = torch.zeros(len(prompts), self.max_length, self.dim)
         mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
         for b, prompt in enumerate(prompts):
-            for i, word in enumerate(self.words(prompt)[: self.max_length]):
+            words = self.words(prompt)[: self.max_length]
+            for i, word in enumerate(words):
                 emb[b, i] = self._word_vector(word) + self._position[i]
+                if self.context:
+                    before = self._word_vector("<" + words[i - 1]) if i > 0 else 0
+                    after = self._word_vector(">" + words[i + 1]) if i + 1 < len(words) else 0
+                    emb[b, i] += self.context * (before + after)
                 mask[b, i] = True
         return emb, mask
 

@@ -18,7 +18,8 @@ def run_demo(out: Path, steps: int = 300, progress: bool = True, relation: str =
     """Write exemplars of the held-out `relation`, train DreamRelation `steps` steps on the SynthRel base, sample the
     base and the relation LoRA on unseen subjects, judge both with the evaluator. Returns the written paths."""
     from .synthrel.base import build_synthrel_base
-    from .synthrel.quality import EXEMPLAR_PAIRS, FRAMES, SIZE, judge, run_config, sample_clip, test_subjects
+    from .synthrel.quality import (CFG, EXEMPLAR_PAIRS, FRAMES, SIZE, STEPS, judge, run_config, sample_clip,
+                                    test_subjects)
     from .synthrel.render import caption, write_exemplars
     from .trainer import RelationTrainer
     from .videoio import read_video, write_video
@@ -28,15 +29,15 @@ def run_demo(out: Path, steps: int = 300, progress: bool = True, relation: str =
     pairs = test_subjects(2)
     prompt = caption(relation, *pairs[0])
     base = build_synthrel_base()
-    before = sample_clip(base, prompt, 0, 20, 4.0)
-    metrics = {"relation": relation, "prompt": prompt, "base": judge(base, relation, pairs, (0, 1), 20, 4.0)}
+    before = sample_clip(base, prompt, 0, STEPS, CFG)
+    metrics = {"relation": relation, "prompt": prompt, "base": judge(base, relation, pairs, (0, 1), STEPS, CFG)}
 
     trainer = RelationTrainer(run_config(out, exemplars, steps, {}, seed=0), progress=progress)
     lora = trainer.train()
     trainer.backend.activate(("relation", "ffn"))
     trained = trainer.backend.base
-    after = sample_clip(trained, prompt, 0, 20, 4.0)
-    metrics["dreamrelation"] = judge(trained, relation, pairs, (0, 1), 20, 4.0)
+    after = sample_clip(trained, prompt, 0, STEPS, CFG)
+    metrics["dreamrelation"] = judge(trained, relation, pairs, (0, 1), STEPS, CFG)
 
     exemplar, _ = read_video(exemplars / "clip_00.mp4")
     side_by_side = np.concatenate([_upscale(exemplar[:len(before)]), _upscale(before), _upscale(after)], axis=2)

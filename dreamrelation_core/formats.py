@@ -203,6 +203,23 @@ def comfyui_unmapped_keys(keys, arch) -> list[str]:
 _STRUCTURE_KEYS = ("format", "version", "layout", "arch", "roles", "fused")
 
 
+def wan_original_state_dict(diffusers_state_dict: dict, original_keys) -> dict:
+    """A diffusers `WanTransformer3DModel` state dict under the original Wan names (those of ComfyUI's `WanModel`,
+    given as `original_keys`). The names come from diffusers' own original -> diffusers converter, run on the
+    original keys; ValueError when the two key sets do not correspond one to one."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    original_keys = list(original_keys)
+    probe = convert_wan_transformer_to_diffusers({k: torch.tensor(float(i)) for i, k in enumerate(original_keys)})
+    to_original = {key: original_keys[int(index)] for key, index in probe.items()}
+    missing = sorted(set(to_original) - set(diffusers_state_dict))
+    extra = sorted(set(diffusers_state_dict) - set(to_original))
+    if missing or extra:
+        raise ValueError(f"the diffusers Wan weights do not match the native model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    return {to_original[key]: tensor for key, tensor in diffusers_state_dict.items()}
+
+
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> Path:
     """save_file to a temp file in the target directory, then rename: a crash never leaves a half-written file."""
     path = Path(path)

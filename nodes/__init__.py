@@ -5,10 +5,11 @@ from .exemplars import AddExemplar, LoadExemplarFolder
 from .lora import LoadRelationLoRA
 from .masking import MaskVideo
 from .sampling import RelationSample
+from .synthrel import NODES as SYNTHREL_NODES
 from .training import TrainRelationTriplet
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [MaskVideo, AddExemplar, LoadExemplarFolder, TrainRelationTriplet,
-                                          LoadRelationLoRA, RelationSample]
+                                          LoadRelationLoRA, RelationSample, *SYNTHREL_NODES]
 
 
 class DreamRelationExtension(ComfyExtension):

@@ -14,7 +14,7 @@ import comfy.model_base
 import comfy.model_management
 import comfy.samplers
 
-from ..dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, WAN
+from ..dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, WAN, get_architecture
 from ..dreamrelation_core.flow import sampling_schedule
 from ..dreamrelation_core.native import NativeTriplet, native_targets
 from ..dreamrelation_core.sampling import euler, to_uint8_frames
@@ -28,6 +28,9 @@ SIGMA_FLOOR = 1e-3      # σ below this is not drawn: v = (x − x0̂)/σ
 def native_architecture(model_patcher):
     """The core `Architecture` of a native MODEL; ValueError for anything we cannot train."""
     model = model_patcher.model
+    tagged = getattr(getattr(model, "model_config", None), "dreamrelation_arch", None)   # e.g. the SynthRel base
+    if tagged:
+        return get_architecture(tagged)
     for cls, arch in NATIVE_ARCHITECTURES:
         if isinstance(model, cls):
             if getattr(model, "image_to_video", False) or getattr(model, "concat_keys", ()):

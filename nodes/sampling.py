@@ -12,7 +12,7 @@ from .comfy_backend import native_architecture
 from .common import CATEGORY, MAX_RESOLUTION
 
 # Each family's own sampling schedule (METHOD.md §8): Mochi linear-quadratic, Wan the model's shifted schedule.
-SCHEDULERS = {"mochi": "linear_quadratic", "wan": "simple"}
+SCHEDULERS = {"mochi": "linear_quadratic", "wan": "simple", "synthrel": "simple"}
 
 
 def empty_latent(model, arch, length: int, height: int, width: int) -> torch.Tensor:

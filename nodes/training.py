@@ -60,7 +60,8 @@ class TrainRelationTriplet(io.ComfyNode):
                                 tooltip="File name (without extension) of the relation LoRA in models/loras."),
                 io.Int.Input("steps", default=2400, min=1, max=100000, tooltip="Training steps (paper: 2400)."),
                 io.Float.Input("learning_rate", default=2e-4, min=1e-7, max=1.0, step=1e-5,
-                               tooltip="AdamW learning rate (200 warm-up steps, then cosine decay)."),
+                               tooltip="AdamW learning rate (warm-up over 200 steps or a fifth of the run, "
+                                       "then cosine decay)."),
                 io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank of every role."),
                 io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, tooltip="LoRA alpha (scale = alpha/rank)."),
                 io.Int.Input("width", default=832, min=16, max=MAX_RESOLUTION, step=16,
@@ -105,6 +106,7 @@ class TrainRelationTriplet(io.ComfyNode):
             raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
         config = RunConfig(name=lora_name, lora=TripletConfig(rank=rank, alpha=alpha),
                            train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
+                                             warmup_steps=min(200, steps // 5),
                                              seed=seed, checkpoint_every=checkpoint_every, sigma_min=SIGMA_FLOOR,
                                              gradient_checkpointing=gradient_checkpointing),
                            rcl=RCLConfig(enabled=rcl_weight > 0, weight=rcl_weight),

@@ -168,6 +168,21 @@ def test_hash_text_encoder():
     assert long.all()
 
 
+def test_hash_text_encoder_neighbour_context_binds_attributes():
+    enc = HashTextEncoder(dim=16, max_length=12, position_scale=1.0, context=0.5)
+    (a, b), mask = enc.encode(["a red circle approaches a blue square", "a blue circle approaches a red square"])
+    words = enc.words("a red circle approaches a blue square")
+    h = enc._word_vector
+    for i, word in enumerate(words):                        # the documented formula, word by word
+        expected = h(word) + enc._position[i] + 0.5 * ((h("<" + words[i - 1]) if i else 0) +
+                                                        (h(">" + words[i + 1]) if i + 1 < len(words) else 0))
+        assert torch.allclose(a[i], expected, atol=1e-6), word
+    # "circle" knows which colour precedes it: the two prompts differ there, not only at the colour words
+    assert not torch.allclose(a[2], b[2]) and torch.allclose(a[3], b[3])
+    plain = HashTextEncoder(dim=16, max_length=12, position_scale=1.0)
+    assert torch.equal(plain.encode(["a red circle"])[0][0, 2], h("circle") + plain._position[2])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Diffusers folders (tiny): transformer, VAE, tiny (U)T5 and a word-level tokenizer built offline
 # ---------------------------------------------------------------------------------------------------------------------
@@ -381,6 +396,17 @@ def test_mochi_inverse_mapping_matches_diffusers_converter():
     state = model.state_dict()
     converted = convert_mochi_transformer_checkpoint_to_diffusers(_mochi_original(state, 48))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
+
+
+def test_wan_original_state_dict_inverts_diffusers_converter():
+    from dreamrelation_core.formats import wan_original_state_dict
+
+    state = _random_model("WanTransformer3DModel", WAN_FILE_CONFIG, 0).state_dict()
+    original = _wan_original(state)
+    ours = wan_original_state_dict(state, original.keys())
+    assert ours.keys() == original.keys() and all(torch.equal(ours[k], original[k]) for k in original)
+    with pytest.raises(ValueError, match="do not match the native model"):
+        wan_original_state_dict(state, [k for k in original if "blocks.2." not in k])
 
 
 def _assert_loaded_equal(base: Base, model: torch.nn.Module, text_len: int):

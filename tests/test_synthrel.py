@@ -8,7 +8,7 @@ import pytest
 
 from dreamrelation_core.synthrel import COLORS, RELATIONS, SHAPES, render_clip
 from dreamrelation_core.synthrel.evaluate import classify, evaluate_video, find, shape_of
-from dreamrelation_core.synthrel.render import draw_shape, trajectories
+from dreamrelation_core.synthrel.render import caption, draw_shape, exemplar_clips, parse_caption, trajectories
 
 
 def test_domain_size():
@@ -32,6 +32,24 @@ def test_clips_are_deterministic_and_vary_with_the_seed():
     a = render_clip("pushes", ("green", "square"), ("cyan", "circle"), seed=1)[0]
     assert np.array_equal(a, render_clip("pushes", ("green", "square"), ("cyan", "circle"), seed=1)[0])
     assert not np.array_equal(a, render_clip("pushes", ("green", "square"), ("cyan", "circle"), seed=2)[0])
+
+
+def test_captions_parse_back_and_bad_prompts_are_named():
+    for relation in RELATIONS:
+        s1, s2 = ("purple", "diamond"), ("cyan", "triangle")
+        assert parse_caption(caption(relation, s1, s2)) == (relation, s1, s2)
+    assert parse_caption("A Red circle orbits an blue square.") == ("orbits", ("red", "circle"), ("blue", "square"))
+    with pytest.raises(ValueError, match="'a bear orbits a raccoon' is not a SynthRel caption"):
+        parse_caption("a bear orbits a raccoon")
+
+
+def test_exemplar_clips_cycle_pairs_and_seeds():
+    pairs = [(("red", "circle"), ("blue", "square")), (("green", "triangle"), ("yellow", "diamond"))]
+    clips = list(exemplar_clips("pushes", 3, pairs, frames=9, size=(32, 32), seed=7))
+    assert [c[0] for c in clips] == ["clip_00", "clip_01", "clip_02"]
+    for n, (_, video, masks, text) in enumerate(clips):
+        ref_video, ref_masks, ref_text = render_clip("pushes", *pairs[n % 2], 9, (32, 32), seed=7 + n)
+        assert np.array_equal(video, ref_video) and np.array_equal(masks, ref_masks) and text == ref_text
 
 
 def test_bad_inputs_raise():

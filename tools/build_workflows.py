@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import urllib.request
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-OUT = Path(__file__).resolve().parents[1] / "workflows"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))          # dreamrelation_core, for the SynthRel demo's sizes
+OUT = ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 WAN_MODELS = {"unet": "wan2.1_t2v_1.3B_fp16.safetensors", "clip": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
@@ -121,9 +124,54 @@ def mochi_official():
     return "Mochi: load an official DreamRelation checkpoint (shaking hands) and generate", nodes, links
 
 
+def synthrel_demo():
+    from dreamrelation_core.archs import SYNTHREL
+
+    sample = {"width": SYNTHREL.default_size[1], "height": SYNTHREL.default_size[0], "length": SYNTHREL.default_frames,
+              "steps": SYNTHREL.sample_steps, "cfg": SYNTHREL.sample_cfg, "seed": 0}
+    nodes = [
+        ("base", "DreamRelationLoadSynthRelBase", {}, (0, 0)),
+        ("exemplars", "DreamRelationSynthRelExemplars", {"relation": "pushes", "count": 8, "seed": 0}, (0, 1)),
+        ("positive", "CLIPTextEncode", {}, (1, 0)),
+        ("negative", "CLIPTextEncode", {"text": ""}, (1, 1)),
+        ("exemplars_big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 4.0}, (1, 2)),
+        ("train", "DreamRelationTrain", {"lora_name": "synthrel_pushes", "steps": 300, "learning_rate": 1e-3,
+                                         "rank": 8, "alpha": 8.0, "width": 32, "height": 32, "length": 9,
+                                         "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0, "checkpoint_every": 100,
+                                         "resume": True, "gradient_checkpointing": False, "preview_every": 0},
+         (2, 0)),
+        ("base_sample", "DreamRelationSample", sample, (2, 1)),
+        ("save_exemplars", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_exemplars", "fps": 8.0},
+         (2, 2)),
+        ("relation_sample", "DreamRelationSample", sample, (3, 0)),
+        ("judge_base", "DreamRelationSynthRelEvaluate", {}, (3, 1)),
+        ("side_by_side", "ImageStitch", {"direction": "right", "spacing_width": 2, "spacing_color": "white"},
+         (4, 0)),
+        ("judge_relation", "DreamRelationSynthRelEvaluate", {}, (4, 1)),
+        ("big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}, (5, 0)),
+        ("save", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_base_vs_dreamrelation", "fps": 8.0},
+         (6, 0)),
+    ]
+    links = [("exemplars", 2, "positive", "text"), ("base", 1, "positive", "clip"), ("base", 1, "negative", "clip"),
+             ("exemplars", 1, "exemplars_big", "image"), ("exemplars_big", 0, "save_exemplars", "images"),
+             ("base", 0, "train", "model"), ("base", 1, "train", "clip"), ("base", 2, "train", "vae"),
+             ("exemplars", 0, "train", "exemplars"),
+             ("base", 0, "base_sample", "model"), ("positive", 0, "base_sample", "positive"),
+             ("negative", 0, "base_sample", "negative"), ("base", 2, "base_sample", "vae"),
+             ("train", 0, "relation_sample", "model"), ("positive", 0, "relation_sample", "positive"),
+             ("negative", 0, "relation_sample", "negative"), ("base", 2, "relation_sample", "vae"),
+             ("base_sample", 0, "judge_base", "images"), ("exemplars", 2, "judge_base", "prompt"),
+             ("relation_sample", 0, "judge_relation", "images"), ("exemplars", 2, "judge_relation", "prompt"),
+             ("base_sample", 0, "side_by_side", "image1"), ("relation_sample", 0, "side_by_side", "image2"),
+             ("side_by_side", 0, "big", "image"), ("big", 0, "save", "images")]
+    return ("SynthRel demo, no download: teach the tiny base a relation it has never seen (pushes) and render it "
+            "with new subjects", nodes, links)
+
+
 WORKFLOWS = {"dreamrelation_train_relation_wan21": train_wan,
              "dreamrelation_generate_wan21_mixed_lora": generate_wan_mixed,
-             "dreamrelation_mochi_official_checkpoint": mochi_official}
+             "dreamrelation_mochi_official_checkpoint": mochi_official,
+             "dreamrelation_synthrel_demo": synthrel_demo}
 
 
 def _is_widget(spec) -> bool:

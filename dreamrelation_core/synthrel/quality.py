@@ -21,6 +21,7 @@ from .base import HELD_OUT, build_synthrel_base
 from .render import COLORS, SHAPES, caption as make_caption, write_exemplars
 
 FRAMES, SIZE = SYNTHREL.default_frames, SYNTHREL.default_size
+STEPS, CFG = SYNTHREL.sample_steps, SYNTHREL.sample_cfg        # how every SynthRel clip here is sampled
 EXEMPLAR_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "triangle"), ("yellow", "diamond"))]
 EXEMPLAR_COLOURS = sorted({s[0] for pair in EXEMPLAR_PAIRS for s in pair})
 TEST_COLOURS = sorted(set(COLORS) - set(EXEMPLAR_COLOURS))
@@ -80,7 +81,7 @@ def judge(base, relation: str, pairs, seeds, steps: int, cfg: float) -> dict:
 
 
 def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, steps: int = 300, prompts: int = 4,
-              seeds=(0, 1, 2), sample_steps: int = 20, cfg: float = 4.0, progress: bool = True) -> dict:
+              seeds=(0, 1, 2), sample_steps: int = STEPS, cfg: float = CFG, progress: bool = True) -> dict:
     """Train every method on every held-out relation and judge it; returns the JSON-able result."""
     from ..trainer import RelationTrainer
     from ..triplet import activate
@@ -136,7 +137,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int = 20, cfg: float = 4.0,
+def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int = STEPS, cfg: float = CFG,
                 progress: bool = True) -> dict:
     """Per-relation accuracy of the pretrained base on random subject pairs: known relations should be rendered
     well, held-out ones should not be."""

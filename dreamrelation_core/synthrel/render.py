@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import cv2
@@ -120,6 +121,19 @@ def caption(relation: str, subject1, subject2) -> str:
     return f"a {subject1[0]} {subject1[1]} {relation} a {subject2[0]} {subject2[1]}"
 
 
+def parse_caption(text: str):
+    """Inverse of `caption`: (relation, (colour, shape), (colour, shape)); ValueError naming what is expected."""
+    colours, shapes = "|".join(COLORS), "|".join(SHAPES)
+    match = re.fullmatch(rf"\s*an? ({colours}) ({shapes}) ({'|'.join(RELATIONS)}) an? ({colours}) ({shapes})[\s.]*",
+                         text.lower())
+    if match is None:
+        raise ValueError(f"prompt {text!r} is not a SynthRel caption; expected 'a <colour> <shape> <relation> a "
+                         f"<colour> <shape>' with colours {sorted(COLORS)}, shapes {list(SHAPES)} and relations "
+                         f"{list(RELATIONS)}")
+    c1, s1, relation, c2, s2 = match.groups()
+    return relation, (c1, s1), (c2, s2)
+
+
 def trajectories(relation: str, frames: int, seed: int, size=(64, 64)):
     """Ground-truth centres [F, 2, 2] (subject, (x, y) in frame units) and radii (pixels) of one clip."""
     rng = random.Random(seed)
@@ -167,16 +181,21 @@ def render_clip(relation: str, subject1: tuple[str, str], subject2: tuple[str, s
     return video, masks, caption(relation, subject1, subject2)
 
 
+def exemplar_clips(relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0):
+    """`count` clips (name, video, masks, caption) of `relation` as `render_clip` gives them, cycling through the
+    subject `pairs`, clip n with seed `seed` + n."""
+    for n in range(count):
+        s1, s2 = pairs[n % len(pairs)]
+        yield (f"clip_{n:02d}", *render_clip(relation, s1, s2, frames, size, seed=seed + n))
+
+
 def write_exemplars(folder, relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0):
-    """Write `count` clips as `<folder>/clip_NN.mp4` + caption `.txt` + colour-coded mask folder
-    `<folder>/masks/clip_NN/frameK.png` (un-padded names, as the reference's), cycling through `pairs`."""
+    """Write `exemplar_clips` as `<folder>/clip_NN.mp4` + caption `.txt` + colour-coded mask folder
+    `<folder>/masks/clip_NN/frameK.png` (un-padded names, as the reference's)."""
     from ..videoio import write_video
 
     folder = Path(folder)
-    for n in range(count):
-        s1, s2 = pairs[n % len(pairs)]
-        video, masks, text = render_clip(relation, s1, s2, frames, size, seed=seed + n)
-        name = f"clip_{n:02d}"
+    for name, video, masks, text in exemplar_clips(relation, count, pairs, frames, size, seed):
         write_video(folder / f"{name}.mp4", video, fps=16)
         (folder / f"{name}.txt").write_text(text + "\n")
         mask_dir = folder / "masks" / name

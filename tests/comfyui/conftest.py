@@ -3,6 +3,7 @@
 Without it every test here is skipped with that reason. On machines without a CPU build of torchvision, the
 test-only stand-in in `stubs/` is put on the path (ComfyUI imports torchvision at start-up; users have the real one).
 """
+import importlib
 import importlib.util
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
 
@@ -77,3 +79,21 @@ def server(comfy, tmp_path_factory):
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def pack(comfy, tmp_path_factory):
+    """The repository imported as a ComfyUI custom-node package (relative imports, as ComfyUI loads it)."""
+    import folder_paths
+
+    root = tmp_path_factory.mktemp("comfy_dirs")
+    folder_paths.set_output_directory(str(root / "output"))
+    folder_paths.add_model_folder_path("loras", str(root / "loras"), is_default=True)
+    (root / "loras").mkdir()
+    spec = importlib.util.spec_from_file_location("dreamrelation_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dreamrelation_pack"] = module
+    spec.loader.exec_module(module)
+    return {"nodes": importlib.import_module("dreamrelation_pack.nodes"), "root": root,
+            "backend": importlib.import_module("dreamrelation_pack.nodes.comfy_backend")}

@@ -1,7 +1,5 @@
 """The pack's nodes, executed in-process on a real ComfyUI library with a tiny native Wan model."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +9,6 @@ from safetensors import safe_open
 
 from .fakes import FakeClip, FakeVae
 from .native_models import WAN_DIFFUSERS, native_model
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pack(comfy, tmp_path_factory):
-    """The repository imported as a ComfyUI custom-node package (relative imports, as ComfyUI loads it)."""
-    import folder_paths
-
-    root = tmp_path_factory.mktemp("comfy_dirs")
-    folder_paths.set_output_directory(str(root / "output"))
-    folder_paths.add_model_folder_path("loras", str(root / "loras"), is_default=True)
-    (root / "loras").mkdir()
-    spec = importlib.util.spec_from_file_location("dreamrelation_pack", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dreamrelation_pack"] = module
-    spec.loader.exec_module(module)
-    import importlib as il
-
-    return {"nodes": il.import_module("dreamrelation_pack.nodes"), "root": root,
-            "backend": il.import_module("dreamrelation_pack.nodes.comfy_backend")}
 
 
 def toy_exemplars(nodes, count=2, frames=9, size=32):
@@ -54,7 +30,8 @@ def test_extension_lists_every_node(pack):
     ext = asyncio.run(pack["nodes"].DreamRelationExtension().get_node_list())
     ids = {n.define_schema().node_id for n in ext}
     assert ids == {"DreamRelationMaskVideo", "DreamRelationAddExemplar", "DreamRelationLoadExemplarFolder",
-                   "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample"}
+                   "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample",
+                   "DreamRelationLoadSynthRelBase", "DreamRelationSynthRelExemplars", "DreamRelationSynthRelEvaluate"}
     for node in ext:
         for inp in node.define_schema().inputs:
             assert inp.tooltip, f"{node.__name__}.{inp.id} has no tooltip"

@@ -28,14 +28,15 @@ def exemplar_folder(server):
 
 
 NODE_IDS = {"DreamRelationMaskVideo", "DreamRelationAddExemplar", "DreamRelationLoadExemplarFolder",
-            "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample"}
+            "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample", "DreamRelationLoadSynthRelBase",
+            "DreamRelationSynthRelExemplars", "DreamRelationSynthRelEvaluate"}
 
 
 def test_pack_loads_and_every_node_is_registered(server):
     info = server.get("/object_info")
     assert NODE_IDS <= set(info)
     for node_id in NODE_IDS:
-        assert info[node_id]["category"] == "DreamRelation"
+        assert info[node_id]["category"].split("/")[0] == "DreamRelation"
         assert info[node_id]["python_module"].startswith("custom_nodes.ComfyUI-DreamRelation")
     failed = [line for line in server.server_log().splitlines()
               if ("IMPORT FAILED" in line or "Cannot import" in line) and "DreamRelation" in line]

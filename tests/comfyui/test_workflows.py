@@ -10,7 +10,7 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.j
 
 
 def test_there_are_workflows_with_thumbnails():
-    assert len(WORKFLOWS) >= 3
+    assert len(WORKFLOWS) >= 4
     for path in WORKFLOWS:
         assert path.with_suffix(".jpg").is_file(), path
 
@@ -46,3 +46,27 @@ def test_workflow_validates_on_a_real_server(server, path):
     server.post("/interrupt", {})
     server.post("/queue", {"clear": True})
     server.wait(body["prompt_id"], timeout=300)             # stand-in models fail to load; that is expected
+
+
+def test_synthrel_demo_workflow_runs_end_to_end(server):
+    """Workflow 4 needs no download: it runs as shipped on a fresh server (here with fewer steps), saves the
+    side-by-side animation and the exemplars, and reports both evaluator verdicts."""
+    path = next(p for p in WORKFLOWS if p.stem == "dreamrelation_synthrel_demo")
+    info = server.get("/object_info")
+    prompt = to_api(json.loads(path.read_text()), info)
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append(node_id)
+    (train,) = by_type["DreamRelationTrain"]
+    prompt[train]["inputs"].update(steps=4, lora_name="synthrel_workflow_test")
+    for node_id in by_type["DreamRelationSample"]:
+        prompt[node_id]["inputs"]["steps"] = 3
+    history = server.wait(server.queue(prompt), timeout=600)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+    outputs = history["outputs"]
+    for node_id in by_type["SaveAnimatedWEBP"]:
+        (image,) = outputs[node_id]["images"]
+        assert (server.workdir / "output" / image["subfolder"] / image["filename"]).stat().st_size > 0
+    verdicts = [outputs[node_id]["text"][0] for node_id in by_type["DreamRelationSynthRelEvaluate"]]
+    assert len(verdicts) == 2 and all(v.startswith(("PASS", "FAIL")) and "'pushes'" in v for v in verdicts)
+    assert (server.models / "loras" / "synthrel_workflow_test.safetensors").is_file()
