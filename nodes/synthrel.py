@@ -52,12 +52,10 @@ def unet_config() -> dict:
                 cross_attn_norm=t["cross_attn_norm"], eps=1e-6)
 
 
-def load_synthrel_model(weights=None):
-    """ModelPatcher around a native Wan model holding the SynthRel base weights (shipped ones by default)."""
+def native_model(base):
+    """ModelPatcher around a native Wan model holding the weights of the core's SynthRel `base`."""
     from ..dreamrelation_core.formats import wan_original_state_dict
-    from ..dreamrelation_core.synthrel.base import WEIGHTS, build_synthrel_base
 
-    base = build_synthrel_base(weights or WEIGHTS)
     config = SynthRelModelConfig(unet_config())
     config.set_inference_dtype(torch.float32, None)       # 4 MB of weights: no reason to quantise
     model = config.get_model({})
@@ -130,8 +128,8 @@ class LoadSynthRelBase(io.ComfyNode):
     def execute(cls):
         from ..dreamrelation_core.synthrel.base import build_synthrel_base
 
-        base = build_synthrel_base(weights=None)           # the encoders only; the weights go into the native model
-        return io.NodeOutput(load_synthrel_model(), SynthRelClip(base.text_encoder), SynthRelVae(base.codec))
+        base = build_synthrel_base()
+        return io.NodeOutput(native_model(base), SynthRelClip(base.text_encoder), SynthRelVae(base.codec))
 
 
 class SynthRelExemplars(io.ComfyNode):
