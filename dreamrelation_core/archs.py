@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .flow import velocity_from_x0
+
 ROLES = ("relation", "subject1", "subject2", "ffn")
 INFERENCE_ROLES = ("relation", "ffn")
 
@@ -19,7 +21,8 @@ class Architecture:
     Flow convention (both families): z_σ = (1 − σ)·z0 + σ·ε, σ ∈ [0, 1], σ = 1 is pure noise.
     `timestep_of_sigma` is what the transformer's `timestep` argument receives, and `output_sign` maps its
     output onto our canonical velocity dz/dσ = ε − z0 (Wan predicts ε − z0 directly, sign +1; Mochi was trained
-    on u = z0 − ε with timestep 1000·(1 − σ), sign −1; METHOD.md §2, PEERS.md §2.1).
+    on u = z0 − ε with timestep 1000·(1 − σ), sign −1; METHOD.md §2, PEERS.md §2.1). `prediction` "x0" marks a
+    model that outputs the clean latent instead (the SynthRel base); `velocity` converts it (flow.velocity_from_x0).
     """
 
     name: str
@@ -46,6 +49,7 @@ class Architecture:
     diffusers_blocks: str = "blocks"
     native_modules: dict = field(default_factory=dict)
     tiny_transformer: dict = field(default_factory=dict)
+    prediction: str = "velocity"    # what the transformer outputs: "velocity" or "x0" (clean latent)
 
     def timestep_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         """σ in [0, 1] -> the value the transformer expects in its `timestep` argument ([B])."""
@@ -67,8 +71,8 @@ class Architecture:
 
     def velocity(self, transformer, latents, sigma, text, text_mask) -> torch.Tensor:
         """Canonical velocity ε − z0 predicted by `transformer` at noisy `latents` [B, C, f, h, w], σ [B]."""
-        out = transformer(**self.transformer_kwargs(latents, sigma, text, text_mask))[0]
-        return out * self.output_sign
+        out = transformer(**self.transformer_kwargs(latents, sigma, text, text_mask))[0] * self.output_sign
+        return velocity_from_x0(latents, out, sigma) if self.prediction == "x0" else out
 
 
 WAN = Architecture(
@@ -159,11 +163,14 @@ MOCHI = Architecture(
 
 # The SynthRel toy base: a real Wan transformer at tiny size on a fixed invertible pixel<->latent map (2×2
 # space-to-depth, no temporal compression) of 9-frame 32×32 clips, with a hashed-word text encoder
-# (synthrel/base.py). A token (1×2×2 latent patch = 4×4×3 pixels, 48 values) fits the width of 128, so the model
-# can predict pixel-space noise exactly; 4×4 space-to-depth (192 values a token) left residual noise.
+# (synthrel/base.py). The model predicts the clean latent (x-prediction, as JiT): a velocity-predicting base has to
+# output pixel noise, which needed small tokens (1×2×2 latent patches, 576 a clip) and still left speckle and
+# fragments; predicting flat-coloured shapes works with 1×4×4 patches (8×8 pixels, 144 tokens a clip), ~4× less
+# compute a step, which buys a deeper, wider model and more steps on a CPU (docs/method.md).
 SYNTHREL = replace(
     WAN,
     name="synthrel",
+    prediction="x0",
     temporal_ratio=1,
     spatial_ratio=2,
     latent_channels=12,
@@ -175,8 +182,8 @@ SYNTHREL = replace(
     default_frames=9,
     default_size=(32, 32),
     tiny_transformer=dict(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=12, out_channels=12,
-        text_dim=64, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
+        patch_size=(1, 4, 4), num_attention_heads=6, attention_head_dim=32, in_channels=12, out_channels=12,
+        text_dim=64, freq_dim=64, ffn_dim=384, num_layers=6, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
     ),
 )

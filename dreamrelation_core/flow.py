@@ -19,6 +19,17 @@ def velocity_target(z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - z0
 
 
+# x-prediction: v = (z − x̂0) / σ, with σ floored so that the division stays tame near σ = 0 (as in JiT, "Back to
+# Basics: Let Denoising Generative Models Denoise", 2025). Sampling never goes below the last σ > 0 of its schedule.
+X0_SIGMA_FLOOR = 0.05
+
+
+def velocity_from_x0(latents: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Canonical velocity ε − z0 implied by a clean-latent prediction `x0` at noisy `latents`, σ [B]."""
+    s = sigma.to(x0).clamp_min(X0_SIGMA_FLOOR).view(-1, *([1] * (x0.dim() - 1)))
+    return (latents.to(x0) - x0) / s
+
+
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     """Time shift σ' = s·σ / (1 + (s − 1)·σ) used by Wan (and SD3); shift 1 is the identity."""
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)

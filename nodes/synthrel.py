@@ -2,9 +2,9 @@
 exemplars of any SynthRel relation, and the evaluator's verdict on a generated clip.
 
 The MODEL is ComfyUI's own `WanModel` (sampled, patched and trained like any Wan 2.1) holding the shipped weights;
-only its latent format (12 channels: 2×2 space-to-depth pixels) and flow shift are SynthRel's. The CLIP and VAE are
-small stand-ins with the methods ComfyUI's nodes call, since no stock loader knows a hashed-word encoder or a pixel
-map.
+only its latent format (12 channels: 2×2 space-to-depth pixels), flow shift and x-prediction are SynthRel's. The
+CLIP and VAE are small stand-ins with the methods ComfyUI's nodes call, since no stock loader knows a hashed-word
+encoder or a pixel map.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.supported_models
 from comfy_api.latest import io, ui
 
@@ -36,8 +37,15 @@ class SynthRelLatentFormat(comfy.latent_formats.LatentFormat):
     latent_rgb_factors_bias = [0.0, 0.0, 0.0]
 
 
+class SynthRelSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+    """Wan's flow sampling, except that the SynthRel base outputs the clean latent (x-prediction)."""
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_output
+
+
 class SynthRelModelConfig(comfy.supported_models.WAN21_T2V):
-    """Wan 2.1 text-to-video at SynthRel's size, latent format and flow shift."""
+    """Wan 2.1 text-to-video at SynthRel's size, latent format and flow shift (its x-prediction: `native_model`)."""
     sampling_settings = {"shift": SYNTHREL.sample_shift}
     latent_format = SynthRelLatentFormat
     dreamrelation_arch = SYNTHREL.name          # read by comfy_backend.native_architecture
@@ -59,6 +67,7 @@ def native_model(base):
     config = SynthRelModelConfig(unet_config())
     config.set_inference_dtype(torch.float32, None)       # 4 MB of weights: no reason to quantise
     model = config.get_model({})
+    model.model_sampling = SynthRelSampling(config)
     diffusion_model = model.diffusion_model
     diffusion_model.load_state_dict(wan_original_state_dict(base.transformer.state_dict(),
                                                             diffusion_model.state_dict().keys()))

@@ -5,9 +5,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule as diffusers_lq
 
-from dreamrelation_core.archs import MOCHI, WAN
-from dreamrelation_core.flow import (linear_quadratic_schedule, noisy_latents, shifted_schedule, train_sigmas,
-                                     velocity_target)
+from dreamrelation_core.archs import MOCHI, SYNTHREL, WAN
+from dreamrelation_core.flow import (X0_SIGMA_FLOOR, linear_quadratic_schedule, noisy_latents, sampling_schedule,
+                                     shifted_schedule, train_sigmas, velocity_from_x0, velocity_target)
 from dreamrelation_core.losses import hybrid_mask_loss
 from dreamrelation_core.sampling import denoise
 
@@ -71,10 +71,11 @@ def test_our_euler_sampler_equals_diffusers_scheduler_loop(arch):
     assert torch.allclose(ours, z, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", [WAN, MOCHI], ids=["wan", "mochi"])
-def test_training_target_is_zero_for_the_exact_velocity_model(arch):
+@pytest.mark.parametrize("arch", [WAN, MOCHI, SYNTHREL], ids=["wan", "mochi", "synthrel"])
+def test_training_target_is_zero_for_the_exact_model(arch):
     """For data concentrated on one latent z0, the exact model in the family's own convention (Wan: ε − z0 at
-    t = 1000σ; Mochi/finetrainers: z0 − ε at t = 1000(1 − σ)) has zero training loss, and sampling it returns z0."""
+    t = 1000σ; Mochi/finetrainers: z0 − ε at t = 1000(1 − σ); SynthRel: the clean latent z0 at t = 1000σ) has zero
+    training loss, and sampling it on the family's schedule returns z0."""
     z0 = torch.randn(1, 2, 3, 4, 4)
 
     class Exact(torch.nn.Module):
@@ -83,6 +84,8 @@ def test_training_target_is_zero_for_the_exact_velocity_model(arch):
             self.anchor = torch.nn.Parameter(torch.zeros(()))   # device/dtype probe for the sampler
 
         def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False, **_):
+            if arch is SYNTHREL:
+                return (z0.expand_as(hidden_states),)
             sigma = timestep / 1000.0 if arch is WAN else 1.0 - timestep / 1000.0
             eps = (hidden_states - (1 - sigma.view(-1, 1, 1, 1, 1)) * z0) / sigma.view(-1, 1, 1, 1, 1)
             return ((eps - z0) if arch is WAN else (z0 - eps),)
@@ -93,9 +96,17 @@ def test_training_target_is_zero_for_the_exact_velocity_model(arch):
     pred = arch.velocity(Exact(), noisy_latents(z0, noise, sigma), sigma, text, mask)
     loss = hybrid_mask_loss(pred, velocity_target(z0, noise), torch.ones(1, 3, 4, 4))
     assert loss.item() < 1e-8
-    sigmas = torch.cat([torch.linspace(1.0, 0.02, 20), torch.zeros(1)])
-    sampled = denoise(arch, Exact(), noise, text, mask, text, mask, sigmas, cfg=1.0, progress=False)
+    sampled = denoise(arch, Exact(), noise, text, mask, text, mask, sampling_schedule(arch, 20), cfg=1.0,
+                      progress=False)
     assert torch.allclose(sampled, z0, atol=1e-4)
+
+
+def test_x0_velocity_floors_sigma():
+    """x-prediction: v = (z − x̂0)/σ, with σ floored below X0_SIGMA_FLOOR so near-clean samples don't explode."""
+    z, x0 = torch.randn(2, 3, 1, 2, 2), torch.randn(2, 3, 1, 2, 2)
+    v = velocity_from_x0(z, x0, torch.tensor([0.5, 0.001]))
+    assert torch.allclose(v[0], (z[0] - x0[0]) / 0.5)
+    assert torch.allclose(v[1], (z[1] - x0[1]) / X0_SIGMA_FLOOR)
 
 
 def test_train_sigma_range_and_shift():

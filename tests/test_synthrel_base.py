@@ -35,4 +35,9 @@ def test_pretraining_resumes_where_it_stopped(tmp_path):
     losses = [[__import__("json").loads(l)["loss"] for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
               for d in ("a", "b")]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
-    assert (tmp_path / "b" / "synthrel_base.safetensors").is_file()
+    # The shipped weights are the EMA, not the last training weights.
+    from safetensors.torch import load_file
+    state = torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=True)
+    shipped = load_file(str(tmp_path / "b" / "synthrel_base.safetensors"))
+    assert all(torch.equal(shipped[k], v) for k, v in state["ema"].items())
+    assert any(not torch.equal(shipped[k], v) for k, v in state["model"].items())

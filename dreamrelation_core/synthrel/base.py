@@ -78,15 +78,17 @@ def random_clip(rng: random.Random, relations=KNOWN, frames: int = SYNTHREL.defa
 
 
 def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
-             caption_dropout: float = 0.1, sigma_shift: float = 2.0, checkpoint_every: int = 500,
-             progress: bool = True, max_steps: int | None = None) -> Path:
+             caption_dropout: float = 0.1, sigma_shift: float = 2.0, ema_decay: float = 0.999,
+             checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None) -> Path:
     """Flow-matching pretraining of the SynthRel base on the KNOWN relations; resumes from `out` if it holds a
     checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
     `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`.
 
     σ is drawn as shift·u / (1 + (shift − 1)·u), u ~ U(0, 1): with shift 2 more of the training goes to σ ≥ 0.5,
     where the layout and the subjects' coherence are decided (a base trained with uniform σ denoised σ ≤ 0.3
-    cleanly but fell apart into fragments from σ ≈ 0.5 up)."""
+    cleanly but fell apart into fragments from σ ≈ 0.5 up). The loss is on the velocity implied by the model's
+    clean-latent prediction (SYNTHREL.prediction); the shipped weights are an exponential moving average
+    (`ema_decay`, warmed up as min(decay, (1 + step) / (10 + step))), gradients clipped at norm 1."""
     from safetensors.torch import save_file
 
     from ..flow import noisy_latents, velocity_target
@@ -99,11 +101,13 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rng, generator, step = random.Random(seed), torch.Generator().manual_seed(seed), 0
     state_path = out / "pretrain_state.pt"
     if state_path.is_file():
         state = torch.load(state_path, weights_only=True)
         model.load_state_dict(state["model"])
+        ema = state["ema"]
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.setstate(as_random_state(state["rng"]))
@@ -125,17 +129,22 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
         pred = SYNTHREL.velocity(model, noisy_latents(z0, noise, sigma), sigma, text, mask)
         loss = (pred - velocity_target(z0, noise)).pow(2).mean()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                ema[name].lerp_(value, 1.0 - decay)
         log.write(json.dumps({"step": step, "loss": loss.item()}) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % checkpoint_every == 0 or step == end:
             log.flush()
             tmp = state_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            torch.save({"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "rng": rng.getstate(),
                         "generator": generator.get_state(), "step": step}, tmp)
             tmp.replace(state_path)
@@ -144,10 +153,11 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     if step < steps:
         return state_path
     weights = out / "synthrel_base.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    save_file({k: v.contiguous() for k, v in ema.items()}, str(weights))
     (out / "pretrain.json").write_text(json.dumps({"steps": steps, "batch": batch, "lr": lr, "seed": seed,
                                                    "caption_dropout": caption_dropout,
-                                                   "sigma_shift": sigma_shift, "known": KNOWN,
+                                                   "sigma_shift": sigma_shift, "ema_decay": ema_decay,
+                                                   "prediction": SYNTHREL.prediction, "known": KNOWN,
                                                    "held_out": HELD_OUT}, indent=2) + "\n")
     return weights
 
@@ -160,20 +170,26 @@ def model_card(run_dir: Path, report: dict) -> str:
     window = max(1, len(losses) // 16)
     curve = [(min(k + window, len(losses)), sum(losses[k:k + window]) / len(losses[k:k + window]))
              for k in range(0, len(losses), window)]
+    target = ("the model predicts the clean latent z0, loss on the velocity ε − z0 it implies"
+              if settings.get("prediction") == "x0" else "target ε − z0")
+    t = SYNTHREL.tiny_transformer
     lines = ["# SynthRel base (tiny Wan transformer)", "",
-             "A `WanTransformer3DModel` (4 layers, width 128, 4 heads, patch 1×2×2; text: hashed words with their "
-             "position and neighbours, 64-d) that "
-             "renders 9-frame 32×32 SynthRel clips through a fixed 2×2 space-to-depth pixel map (no VAE).", "",
+             f"A `WanTransformer3DModel` ({t['num_layers']} layers, width "
+             f"{t['num_attention_heads'] * t['attention_head_dim']}, {t['num_attention_heads']} heads, patch "
+             f"{'×'.join(map(str, t['patch_size']))}; text: hashed words with their position and neighbours, "
+             f"{t['text_dim']}-d) that renders 9-frame 32×32 SynthRel clips through a fixed 2×2 space-to-depth "
+             "pixel map (no VAE).", "",
              "## Data and training", "",
              f"- Relations: {', '.join(settings['known'])}. Held out (never seen): "
              f"{', '.join(settings['held_out'])}.",
              "- Clips rendered on the fly: random relation, two random distinct-colour subjects "
              "(6 colours × 4 shapes), random sizes, placements, mirroring and backgrounds.",
              f"- Flow matching (σ = s·u / (1 + (s − 1)·u), u ~ U(0, 1), shift s = {settings.get('sigma_shift', 1.0)}; "
-             f"target ε − z0), AdamW lr {settings['lr']} "
+             f"{target}), AdamW lr {settings['lr']} "
              f"({settings.get('schedule', '200 warm-up, cosine')}), weight decay 0.01, batch {settings['batch']}, "
              f"{settings['steps']} steps, caption dropout {settings['caption_dropout']}, seed {settings['seed']}, "
-             "fp32 on CPU.",
+             "gradients clipped at norm 1, fp32 on CPU"
+             + (f"; the weights are an EMA (decay {settings['ema_decay']})." if "ema_decay" in settings else "."),
              "- Reproduce: " + settings.get("reproduce", "`python -m dreamrelation_core pretrain-synthrel --out "
                                              f"runs/synthrel_base --steps {settings['steps']} --batch "
                                              f"{settings['batch']} --lr {settings['lr']} --seed {settings['seed']}`") + ".",
