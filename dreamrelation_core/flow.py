@@ -20,7 +20,8 @@ def velocity_target(z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 # x-prediction: v = (z − x̂0) / σ, with σ floored so that the division stays tame near σ = 0 (as in JiT, "Back to
-# Basics: Let Denoising Generative Models Denoise", 2025). Sampling never goes below the last σ > 0 of its schedule.
+# Basics: Let Denoising Generative Models Denoise", 2025). SynthRel's default 20-step schedule ends at σ = 0.05;
+# a finer one leaves ≤ 1.2% noise in its last step (0.6 of σ = 0.02), below one 8-bit level after decoding.
 X0_SIGMA_FLOOR = 0.05
 
 
