@@ -72,7 +72,14 @@ class Architecture:
     def velocity(self, transformer, latents, sigma, text, text_mask) -> torch.Tensor:
         """Canonical velocity ε − z0 predicted by `transformer` at noisy `latents` [B, C, f, h, w], σ [B]."""
         out = transformer(**self.transformer_kwargs(latents, sigma, text, text_mask))[0] * self.output_sign
-        return velocity_from_x0(latents, out, sigma) if self.prediction == "x0" else out
+        return self.velocity_from_denoised(latents, out, sigma) if self.prediction == "x0" else out
+
+    def velocity_from_denoised(self, latents, denoised, sigma) -> torch.Tensor:
+        """Canonical velocity (z − x̂0)/σ from a denoised estimate x̂0 (what ComfyUI's models return), with the same
+        σ floor as training for x-predicting models (flow.velocity_from_x0)."""
+        if self.prediction == "x0":
+            return velocity_from_x0(latents, denoised, sigma)
+        return (latents - denoised) / sigma.to(denoised).view(-1, *([1] * (denoised.dim() - 1)))
 
 
 WAN = Architecture(

@@ -15,7 +15,7 @@ import comfy.model_management
 import comfy.samplers
 
 from ..dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, WAN, get_architecture
-from ..dreamrelation_core.flow import sampling_schedule, velocity_from_x0
+from ..dreamrelation_core.flow import sampling_schedule
 from ..dreamrelation_core.native import NativeTriplet, native_targets
 from ..dreamrelation_core.sampling import euler, to_uint8_frames
 from ..dreamrelation_core.videoio import write_video
@@ -100,9 +100,7 @@ class ComfyBackend:
     def velocity(self, latents, sigma, text, text_mask=None) -> torch.Tensor:
         self._guider.conds["positive"] = [self._negative if text == NULL_TEXT else self._positive[text]]
         denoised = self._guider(latents, sigma, **self._extra_args)
-        if self.arch.prediction == "x0":        # the same σ floor as the core backend's
-            return velocity_from_x0(latents.float(), denoised.float(), sigma.float())
-        return (latents.float() - denoised.float()) / sigma.float().view(-1, *([1] * (latents.dim() - 1)))
+        return self.arch.velocity_from_denoised(latents.float(), denoised.float(), sigma.float())
 
     def lora(self, alphas: dict, info: dict):
         return self.triplet.to_relation_lora(info)

@@ -65,7 +65,7 @@ def native_model(base):
     from ..dreamrelation_core.formats import wan_original_state_dict
 
     config = SynthRelModelConfig(unet_config())
-    config.set_inference_dtype(torch.float32, None)       # 4 MB of weights: no reason to quantise
+    config.set_inference_dtype(torch.float32, None)       # 12 MB of weights: no reason to quantise
     model = config.get_model({})
     model.model_sampling = SynthRelSampling(config)
     diffusion_model = model.diffusion_model
