@@ -93,7 +93,9 @@ def _bench(args) -> int:
 def _pretrain_synthrel(args) -> int:
     from .synthrel.base import pretrain
 
-    print(f"weights: {pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)}")
+    path = pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                    max_steps=args.max_steps)
+    print(f"{'checkpoint (rerun to resume)' if path.suffix == '.pt' else 'weights'}: {path}")
     return 0
 
 
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many steps in all (the cosine still spans --steps); rerun to resume")
     p.set_defaults(func=_pretrain_synthrel)
 
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "

@@ -31,6 +31,9 @@ def test_pretraining_resumes_where_it_stopped(tmp_path):
     pretrain(tmp_path / "a", steps=4, batch=1, checkpoint_every=2, progress=False)
     assert pretrain(tmp_path / "b", steps=4, batch=1, checkpoint_every=2, progress=False, max_steps=2).name == \
         "pretrain_state.pt"
+    # A run killed after its checkpoint has logged steps that the resumed run does again: they must not double.
+    with open(tmp_path / "b" / "log.jsonl", "a") as log:
+        log.write('{"step": 3, "loss": 9.0}\n')
     pretrain(tmp_path / "b", steps=4, batch=1, checkpoint_every=2, progress=False)
     losses = [[__import__("json").loads(l)["loss"] for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
               for d in ("a", "b")]

@@ -113,6 +113,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
         rng.setstate(as_random_state(state["rng"]))
         generator.set_state(state["generator"])
         step = state["step"]
+        _trim_log(out / "log.jsonl", step)
     null_text, null_mask = base.text_encoder.encode([""])
     end = min(steps, max_steps) if max_steps is not None else steps
     bar = tqdm(total=end, initial=step, desc="pretraining SynthRel base", disable=not progress)
@@ -160,6 +161,16 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
                                                    "prediction": SYNTHREL.prediction, "known": KNOWN,
                                                    "held_out": HELD_OUT}, indent=2) + "\n")
     return weights
+
+
+def _trim_log(log: Path, step: int) -> None:
+    """Drop log lines past the checkpoint a run resumes from: an interrupted run may have written some, and the
+    resumed run writes those steps again."""
+    if log.is_file():
+        lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(log)
 
 
 def model_card(run_dir: Path, report: dict) -> str:
