@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "
                                     "subjects (exemplars | base | DreamRelation)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: the quality benchmark's)")
     p.set_defaults(func=_demo)
     return parser
 

@@ -14,12 +14,13 @@ def _upscale(frames: np.ndarray, factor: int = 4) -> np.ndarray:
     return frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def run_demo(out: Path, steps: int = 300, progress: bool = True, relation: str = DEMO_RELATION) -> dict:
-    """Write exemplars of the held-out `relation`, train DreamRelation `steps` steps on the SynthRel base, sample the
-    base and the relation LoRA on unseen subjects, judge both with the evaluator. Returns the written paths."""
+def run_demo(out: Path, steps: int | None = None, progress: bool = True, relation: str = DEMO_RELATION) -> dict:
+    """Write exemplars of the held-out `relation`, train DreamRelation `steps` steps (default: the quality
+    benchmark's) on the SynthRel base, sample the base and the relation LoRA on unseen subjects, judge both with the
+    evaluator. Returns the written paths."""
     from .synthrel.base import build_synthrel_base
-    from .synthrel.quality import (CFG, EXEMPLAR_PAIRS, FRAMES, SIZE, STEPS, judge, run_config, sample_clip,
-                                    test_subjects)
+    from .synthrel.quality import (CFG, EXEMPLAR_PAIRS, FRAMES, SIZE, STEPS, TRAIN_STEPS, judge, run_config,
+                                    sample_clip, test_subjects)
     from .synthrel.render import caption, write_exemplars
     from .trainer import RelationTrainer
     from .videoio import read_video, write_video
@@ -32,7 +33,7 @@ def run_demo(out: Path, steps: int = 300, progress: bool = True, relation: str =
     before = sample_clip(base, prompt, 0, STEPS, CFG)
     metrics = {"relation": relation, "prompt": prompt, "base": judge(base, relation, pairs, (0, 1), STEPS, CFG)}
 
-    trainer = RelationTrainer(run_config(out, exemplars, steps, {}, seed=0), progress=progress)
+    trainer = RelationTrainer(run_config(out, exemplars, steps or TRAIN_STEPS, {}, seed=0), progress=progress)
     lora = trainer.train()
     trainer.backend.activate(("relation", "ffn"))
     trained = trainer.backend.base
