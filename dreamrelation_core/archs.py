@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .flow import velocity_from_x0
+from .flow import X0_SIGMA_FLOOR, velocity_from_x0
 
 ROLES = ("relation", "subject1", "subject2", "ffn")
 INFERENCE_ROLES = ("relation", "ffn")
@@ -77,9 +77,7 @@ class Architecture:
     def velocity_from_denoised(self, latents, denoised, sigma) -> torch.Tensor:
         """Canonical velocity (z − x̂0)/σ from a denoised estimate x̂0 (what ComfyUI's models return), with the same
         σ floor as training for x-predicting models (flow.velocity_from_x0)."""
-        if self.prediction == "x0":
-            return velocity_from_x0(latents, denoised, sigma)
-        return (latents - denoised) / sigma.to(denoised).view(-1, *([1] * (denoised.dim() - 1)))
+        return velocity_from_x0(latents, denoised, sigma, floor=X0_SIGMA_FLOOR if self.prediction == "x0" else 0.0)
 
 
 WAN = Architecture(

@@ -25,9 +25,11 @@ def velocity_target(z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 X0_SIGMA_FLOOR = 0.05
 
 
-def velocity_from_x0(latents: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Canonical velocity ε − z0 implied by a clean-latent prediction `x0` at noisy `latents`, σ [B]."""
-    s = sigma.to(x0).clamp_min(X0_SIGMA_FLOOR).view(-1, *([1] * (x0.dim() - 1)))
+def velocity_from_x0(latents: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+                     floor: float = X0_SIGMA_FLOOR) -> torch.Tensor:
+    """Canonical velocity ε − z0 = (z − x̂0)/σ implied by a clean-latent estimate `x0` at noisy `latents`, σ [B]
+    floored at `floor` (0: the plain conversion, for models that do not predict x0 themselves)."""
+    s = sigma.to(x0).clamp_min(floor).view(-1, *([1] * (x0.dim() - 1)))
     return (latents.to(x0) - x0) / s
 
 
