@@ -44,3 +44,13 @@ def test_pretraining_resumes_where_it_stopped(tmp_path):
     shipped = load_file(str(tmp_path / "b" / "synthrel_base.safetensors"))
     assert all(torch.equal(shipped[k], v) for k, v in state["ema"].items())
     assert any(not torch.equal(shipped[k], v) for k, v in state["model"].items())
+    # The model card describes the run it is given (its recorded transformer), not whatever the code holds now.
+    import json
+    from dreamrelation_core.synthrel.base import model_card
+    settings = json.loads((tmp_path / "a" / "pretrain.json").read_text())
+    assert settings["transformer"]["num_layers"] == SYNTHREL.tiny_transformer["num_layers"]
+    settings["transformer"]["num_layers"] = 99
+    (tmp_path / "a" / "pretrain.json").write_text(json.dumps(settings))
+    report = {r: {"relation_accuracy": 0.5, "subjects_present": 1.0, "held_out": r in HELD_OUT} for r in KNOWN + HELD_OUT}
+    card = model_card(tmp_path / "a", report)
+    assert "(99 layers" in card and card.count("| 0.500 | 1.000 |") == 8

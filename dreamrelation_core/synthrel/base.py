@@ -159,7 +159,8 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
                                                    "caption_dropout": caption_dropout,
                                                    "sigma_shift": sigma_shift, "ema_decay": ema_decay,
                                                    "prediction": SYNTHREL.prediction, "known": KNOWN,
-                                                   "held_out": HELD_OUT}, indent=2) + "\n")
+                                                   "held_out": HELD_OUT,
+                                                   "transformer": SYNTHREL.tiny_transformer}, indent=2) + "\n")
     return weights
 
 
@@ -183,7 +184,7 @@ def model_card(run_dir: Path, report: dict) -> str:
              for k in range(0, len(losses), window)]
     target = ("the model predicts the clean latent z0, loss on the velocity ε − z0 it implies"
               if settings.get("prediction") == "x0" else "target ε − z0")
-    t = SYNTHREL.tiny_transformer
+    t = settings.get("transformer", SYNTHREL.tiny_transformer)   # runs written before it was recorded
     lines = ["# SynthRel base (tiny Wan transformer)", "",
              f"A `WanTransformer3DModel` ({t['num_layers']} layers, width "
              f"{t['num_attention_heads'] * t['attention_head_dim']}, {t['num_attention_heads']} heads, patch "
