@@ -33,7 +33,8 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     before = sample_clip(base, prompt, 0, STEPS, CFG)
     metrics = {"relation": relation, "prompt": prompt, "base": judge(base, relation, pairs, (0, 1), STEPS, CFG)}
 
-    trainer = RelationTrainer(run_config(out, exemplars, TRAIN_STEPS if steps is None else steps, {}, seed=0), progress=progress)
+    config = run_config(out, exemplars, TRAIN_STEPS if steps is None else steps, {}, seed=0)
+    trainer = RelationTrainer(config, progress=progress)
     lora = trainer.train()
     trainer.backend.activate(("relation", "ffn"))
     trained = trainer.backend.base

@@ -22,8 +22,9 @@ from .render import COLORS, SHAPES, caption as make_caption, write_exemplars
 
 FRAMES, SIZE = SYNTHREL.default_frames, SYNTHREL.default_size
 STEPS, CFG = SYNTHREL.sample_steps, SYNTHREL.sample_cfg        # how every SynthRel clip here is sampled
-# LoRA training steps per method (benchmark, demo, workflow 4): at 300 a LoRA did not yet render the relation even
-# on its own training subjects (1 of 6 clips for "pushes"); at 1500 it did in 3 of 6.
+# LoRA training steps per method (benchmark, demo, workflow 4's widget). On the 48k-step base a LoRA rendered
+# "pushes" on its own training subjects in 1 of 6 clips at 300 steps, 3 of 6 at 1500; on the shipped 72k base more
+# steps still help a little (docs/benchmarks.md).
 TRAIN_STEPS = 1500
 EXEMPLAR_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "triangle"), ("yellow", "diamond"))]
 EXEMPLAR_COLOURS = sorted({s[0] for pair in EXEMPLAR_PAIRS for s in pair})
