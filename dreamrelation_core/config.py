@@ -31,6 +31,7 @@ class TrainConfig:
     caption_dropout: float = 0.1
     mask_weight: float = 50.0
     hybrid_masks: bool = True          # False: all adapters every step, no mask weighting (ablation)
+    subject_loras: bool = True         # False: the subject LoRAs never run (the paper's "w/o Subject LoRAs" ablation)
     sigma_shift: float = 1.0           # 1 = σ ~ U(0, 1) as the reference
     sigma_min: float = 0.0             # train on σ ∈ [sigma_min, sigma_max] only (e.g. a Wan 2.2 expert's range)
     sigma_max: float = 1.0

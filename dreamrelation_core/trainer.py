@@ -176,7 +176,10 @@ class RelationTrainer:
     def loss(self, inputs: StepInputs) -> tuple[torch.Tensor, dict]:
         """Forward with the drawn group's adapters; returns (total loss, parts). Pushes RCL features to the banks."""
         device, item = self.device, inputs.item
-        self.backend.activate(GROUP_ROLES[inputs.group] if inputs.group else ROLES)
+        roles = GROUP_ROLES[inputs.group] if inputs.group else ROLES
+        if not self.config.train.subject_loras:         # "w/o Subject LoRAs": only the roles kept at inference run
+            roles = tuple(r for r in roles if r in INFERENCE_ROLES)
+        self.backend.activate(roles)
         z0 = (item.latent_mean + item.latent_std * inputs.posterior_noise[0])[None].to(device)
         noise = inputs.noise.to(device)
         sigma = inputs.sigma.to(device)

@@ -20,3 +20,31 @@ def test_requirements_never_pin_torch():
     names = [re.split(r"[<>=!~ ]", l)[0].lower() for l in (ROOT / "requirements.txt").read_text().splitlines()
              if l.strip() and not l.startswith("#")]
     assert "torch" not in names and "torchvision" not in names
+
+
+def test_example_config_lists_every_key():
+    """README: examples/relation.yaml lists every config key (with its default, unless a comment says otherwise)."""
+    import dataclasses
+
+    import yaml
+
+    from dreamrelation_core.config import RunConfig, load_config
+
+    def keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                yield from keys(type(default), f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name
+
+    def listed(values, prefix=""):
+        for name, value in values.items():
+            if isinstance(value, dict) and name not in ("ranks", "alphas", "extra_targets"):
+                yield from listed(value, f"{prefix}{name}.")
+            else:
+                yield prefix + name
+
+    path = ROOT / "examples" / "relation.yaml"
+    assert sorted(listed(yaml.safe_load(path.read_text()))) == sorted(keys(RunConfig))
+    load_config(path)                                                       # and it is a valid config

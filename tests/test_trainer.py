@@ -121,6 +121,23 @@ def test_inactive_adapters_still_get_the_reference_adamw_update(exemplars, tmp_p
     assert torch.allclose(trainer.params[a], before * (1 - lr * 0.01), atol=1e-7)
 
 
+@pytest.mark.parametrize("group", ["relation", "subject1", None])
+def test_without_subject_loras_only_the_inference_set_learns(exemplars, tmp_path, group):
+    """The "w/o Subject LoRAs" ablation: whatever group is drawn (or none, without hybrid masks), the subject LoRAs
+    never run, so their B stays exactly zero, while relation (when its group is drawn) and ffn learn."""
+    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, subject_loras=False,
+                                          hybrid_masks=group is not None), progress=False)
+    trainer.draw = lambda: StepInputs(trainer.items[0], group, False, torch.tensor([0.6]),
+                                      torch.randn(1, 16, 3, 4, 4), torch.randn(1, 16, 3, 4, 4))
+    for _ in range(3):
+        trainer.train_step()
+    b = {role: [p for n, p in trainer.params.items() if f".lora_B.{role}." in n]
+         for role in ("relation", "subject1", "subject2", "ffn")}
+    assert all(torch.count_nonzero(p) == 0 for role in ("subject1", "subject2") for p in b[role])
+    assert any(torch.count_nonzero(p) for p in b["ffn"])
+    assert any(torch.count_nonzero(p) for p in b["relation"]) == (group != "subject1")
+
+
 def test_warmup_cosine_schedule():
     f = warmup_cosine(200, 3000)
     assert f(0) == pytest.approx(1 / 200) and f(199) == pytest.approx(1.0)
