@@ -88,6 +88,13 @@ class TrainRelationTriplet(io.ComfyNode):
                                         "with a raccoon.'"),
                 io.Int.Input("preview_steps", default=30, min=1, max=1000, optional=True,
                              tooltip="Sampling steps of each preview."),
+                io.Float.Input("sigma_min", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
+                               tooltip="Train on noise levels σ from sigma_min to sigma_max only (the reference: 0 "
+                                       "to 1). E.g. 0.875 to 1 for Wan 2.2's high-noise expert; the SynthRel demo "
+                                       "trains from 0.4, where its relation is decided."),
+                io.Float.Input("sigma_max", default=1.0, min=0.0, max=1.0, step=0.005, optional=True,
+                               tooltip="Upper end of the trained noise levels (e.g. 0.875 for Wan 2.2's low-noise "
+                                       "expert)."),
             ],
             hidden=[io.Hidden.unique_id],
             outputs=[
@@ -99,15 +106,19 @@ class TrainRelationTriplet(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, exemplars, lora_name, steps, learning_rate, rank, alpha, width, height,
                 length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True,
-                preview_every=0, preview_prompt="", preview_steps=30):
+                preview_every=0, preview_prompt="", preview_steps=30, sigma_min=0.0, sigma_max=1.0):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
+        if not 0.0 <= sigma_min < sigma_max <= 1.0:
+            raise ValueError(f"sigma_min and sigma_max must satisfy 0 <= sigma_min < sigma_max <= 1, got "
+                             f"{sigma_min} and {sigma_max}")
         if not lora_name.strip() or Path(lora_name).name != lora_name:
             raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
         config = RunConfig(name=lora_name, lora=TripletConfig(rank=rank, alpha=alpha),
                            train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
                                              warmup_steps=min(200, steps // 5),
-                                             seed=seed, checkpoint_every=checkpoint_every, sigma_min=SIGMA_FLOOR,
+                                             seed=seed, checkpoint_every=checkpoint_every,
+                                             sigma_min=max(SIGMA_FLOOR, sigma_min), sigma_max=sigma_max,
                                              gradient_checkpointing=gradient_checkpointing),
                            rcl=RCLConfig(enabled=rcl_weight > 0, weight=rcl_weight),
                            data=DataConfig(frames=length, height=height, width=width),

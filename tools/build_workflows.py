@@ -126,6 +126,7 @@ def mochi_official():
 
 def synthrel_demo():
     from dreamrelation_core.archs import SYNTHREL
+    from dreamrelation_core.synthrel.quality import TRAIN_SIGMA_MIN, TRAIN_STEPS
 
     sample = {"width": SYNTHREL.default_size[1], "height": SYNTHREL.default_size[0], "length": SYNTHREL.default_frames,
               "steps": SYNTHREL.sample_steps, "cfg": SYNTHREL.sample_cfg, "seed": 0}
@@ -135,10 +136,11 @@ def synthrel_demo():
         ("positive", "CLIPTextEncode", {}, (1, 0)),
         ("negative", "CLIPTextEncode", {"text": ""}, (1, 1)),
         ("exemplars_big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 4.0}, (1, 2)),
-        ("train", "DreamRelationTrain", {"lora_name": "synthrel_pushes", "steps": 300, "learning_rate": 1e-3,
+        ("train", "DreamRelationTrain", {"lora_name": "synthrel_pushes", "steps": TRAIN_STEPS, "learning_rate": 1e-3,
                                          "rank": 8, "alpha": 8.0, "width": 32, "height": 32, "length": 9,
                                          "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0, "checkpoint_every": 100,
-                                         "resume": True, "gradient_checkpointing": False, "preview_every": 0},
+                                         "resume": True, "gradient_checkpointing": False, "preview_every": 0,
+                                         "sigma_min": TRAIN_SIGMA_MIN},
          (2, 0)),
         ("base_sample", "DreamRelationSample", sample, (2, 1)),
         ("save_exemplars", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_exemplars", "fps": 8.0},

@@ -113,6 +113,21 @@ def test_train_node_saves_a_lora_that_stock_and_our_loader_apply(pack, comfy, ca
     half.unpatch_model()
 
 
+def test_train_node_trains_on_the_sigma_range_it_is_given(pack, comfy):
+    """sigma_min/sigma_max (a Wan 2.2 expert's range, the SynthRel demo's 0.4 floor) bound every drawn σ."""
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes)
+    model = native_model(comfy, "wan")
+    args = (model, FakeClip(), FakeVae(), exemplars, "sigma_range", 8, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0,
+            False, False, 0, "", 30)
+    nodes.TrainRelationTriplet.execute(*args, 0.6, 0.9)
+    run = pack["root"] / "output" / "dreamrelation" / "sigma_range"
+    sigmas = [json.loads(l)["sigma"] for l in (run / "log.jsonl").read_text().splitlines()]
+    assert len(sigmas) == 8 and all(0.6 <= s <= 0.9 for s in sigmas)
+    with pytest.raises(ValueError, match="sigma_min and sigma_max"):
+        nodes.TrainRelationTriplet.execute(*args, 0.9, 0.6)
+
+
 def test_cancel_leaves_a_checkpoint_that_resumes(pack, comfy):
     nodes = pack["nodes"]
     exemplars = toy_exemplars(nodes)
