@@ -105,8 +105,9 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress)
         markdown = quality.base_markdown(result)
     elif kind == "quality":
-        result = quality.benchmark(steps=30 if quick else quality.TRAIN_STEPS, prompts=2 if quick else 4,
-                                   seeds=(0,) if quick else (0, 1, 2), progress=progress)
+        result = quality.benchmark(steps=30 if quick else quality.TRAIN_STEPS,
+                                   prompts=2 if quick else quality.PROMPTS, seeds=(0,) if quick else (0, 1, 2),
+                                   progress=progress)
         markdown = quality.markdown(result)
     elif kind == "evaluator":
         return _evaluator(clips, json_path, progress)
