@@ -38,12 +38,17 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
 
+def check_sigma_range(low: float, high: float) -> None:
+    """ValueError unless [low, high] is a training σ range: 0 <= sigma_min < sigma_max <= 1."""
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"sigma range must satisfy 0 <= sigma_min < sigma_max <= 1 (got {low}, {high})")
+
+
 def train_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0, low: float = 0.0,
                  high: float = 1.0) -> torch.Tensor:
     """σ ~ U(0, 1) per sample (the reference), optionally time-shifted towards noise, then mapped affinely onto
     [low, high] (e.g. one Wan 2.2 expert's noise range). [B] float32 on CPU."""
-    if not 0.0 <= low < high <= 1.0:
-        raise ValueError(f"sigma range must satisfy 0 <= sigma_min < sigma_max <= 1 (got {low}, {high})")
+    check_sigma_range(low, high)
     return low + (high - low) * shift_sigma(torch.rand(batch, generator=generator), shift)
 
 

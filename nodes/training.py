@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from ..dreamrelation_core.config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..dreamrelation_core.data import TrainingItem, prepare_clip
+from ..dreamrelation_core.flow import check_sigma_range
 from ..dreamrelation_core.formats import subjects_path
 from ..dreamrelation_core.masks import latent_masks
 from ..dreamrelation_core.trainer import RelationTrainer, latest_checkpoint
@@ -109,9 +110,7 @@ class TrainRelationTriplet(io.ComfyNode):
                 preview_every=0, preview_prompt="", preview_steps=30, sigma_min=0.0, sigma_max=1.0):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
-        if not 0.0 <= sigma_min < sigma_max <= 1.0:
-            raise ValueError(f"sigma_min and sigma_max must satisfy 0 <= sigma_min < sigma_max <= 1, got "
-                             f"{sigma_min} and {sigma_max}")
+        check_sigma_range(sigma_min, sigma_max)                 # now, not after the exemplars are encoded
         if not lora_name.strip() or Path(lora_name).name != lora_name:
             raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
         config = RunConfig(name=lora_name, lora=TripletConfig(rank=rank, alpha=alpha),

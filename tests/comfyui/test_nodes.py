@@ -124,7 +124,7 @@ def test_train_node_trains_on_the_sigma_range_it_is_given(pack, comfy):
     run = pack["root"] / "output" / "dreamrelation" / "sigma_range"
     sigmas = [json.loads(l)["sigma"] for l in (run / "log.jsonl").read_text().splitlines()]
     assert len(sigmas) == 8 and all(0.6 <= s <= 0.9 for s in sigmas)
-    with pytest.raises(ValueError, match="sigma_min and sigma_max"):
+    with pytest.raises(ValueError, match="sigma range must satisfy 0 <= sigma_min < sigma_max"):
         nodes.TrainRelationTriplet.execute(*args, 0.9, 0.6)
 
 
