@@ -27,7 +27,7 @@ class Architecture:
 
     name: str
     transformer_class: str          # diffusers class name
-    role_modules: dict              # role -> module names relative to a transformer block
+    placements: dict                # placement name -> (role -> module names relative to a transformer block)
     temporal_ratio: int             # causal VAE: pixel frames = 1 + temporal_ratio·(latent frames − 1)
     spatial_ratio: int              # VAE spatial downsampling
     latent_channels: int
@@ -50,6 +50,16 @@ class Architecture:
     native_modules: dict = field(default_factory=dict)
     tiny_transformer: dict = field(default_factory=dict)
     prediction: str = "velocity"    # what the transformer outputs: "velocity" or "x0" (clean latent)
+    default_placement: str = "reference"
+
+    def role_modules(self, placement: str | None = None) -> dict:
+        """role -> block-relative module names of `placement` (default: `default_placement`)."""
+        name = self.default_placement if placement is None else placement
+        try:
+            return self.placements[name]
+        except KeyError:
+            raise ValueError(f"{self.name}: unknown placement {name!r}; expected one of "
+                             f"{sorted(self.placements)}") from None
 
     def timestep_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         """σ in [0, 1] -> the value the transformer expects in its `timestep` argument ([B])."""
@@ -80,17 +90,29 @@ class Architecture:
         return velocity_from_x0(latents, denoised, sigma, floor=X0_SIGMA_FLOOR if self.prediction == "x0" else 0.0)
 
 
+def _placement(relation, subjects, ffn) -> dict:
+    """role -> modules, both subject LoRAs on the same modules (two independent adapters there)."""
+    return {"relation": tuple(relation), "subject1": tuple(subjects), "subject2": tuple(subjects), "ffn": tuple(ffn)}
+
+
+_WAN_QK = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k")
+_WAN_V = ("attn1.to_v", "attn2.to_v")
+_WAN_O = ("attn1.to_out.0", "attn2.to_out.0")
+_WAN_MLP = ("ffn.net.0.proj", "ffn.net.2")
+
 WAN = Architecture(
     name="wan",
     transformer_class="WanTransformer3DModel",
-    # Self-attention (video tokens) and cross-attention (text -> video) both carry the triplet: Q/K in both decide
-    # *where* tokens attend (relation), V carries appearance (subjects), out-projections are the "FFN" LoRAs the
-    # reference places on attention outputs. Cross-attn K/V project text, like Mochi's text-stream layers.
-    role_modules={
-        "relation": ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k"),
-        "subject1": ("attn1.to_v", "attn2.to_v"),
-        "subject2": ("attn1.to_v", "attn2.to_v"),
-        "ffn": ("attn1.to_out.0", "attn2.to_out.0"),
+    # Where the roles go (docs/method.md, "Placements"). `reference`: self- and cross-attention both carry the
+    # triplet as the reference code does on Mochi: Q/K decide *where* tokens attend (relation), V carries
+    # appearance (subjects), the out-projections are the "FFN" LoRAs. The others test where Wan keeps motion:
+    # SMRABooth (CVPR 2026) found it in V, O and the MLP's second layer on Wan2.1, appearance in Q, K and the
+    # MLP's first layer (`motion_vo`).
+    placements={
+        "reference": _placement(_WAN_QK, _WAN_V, _WAN_O),
+        "reference_mlp": _placement(_WAN_QK, _WAN_V, _WAN_O + _WAN_MLP),
+        "relation_mlp": _placement(_WAN_QK + _WAN_MLP, _WAN_V, _WAN_O),
+        "motion_vo": _placement(_WAN_V + _WAN_MLP[1:], _WAN_QK + _WAN_MLP[:1], _WAN_O),
     },
     temporal_ratio=4,
     spatial_ratio=8,
@@ -128,11 +150,13 @@ MOCHI = Architecture(
     transformer_class="MochiTransformer3DModel",
     # Joint attention: visual stream (to_q/k/v, to_out.0) and text stream (add_*_proj, to_add_out) each get the
     # same role groups (METHOD.md §3.1). The last block has no text output projection (to_add_out is None).
-    role_modules={
-        "relation": ("attn1.to_q", "attn1.to_k", "attn1.add_q_proj", "attn1.add_k_proj"),
-        "subject1": ("attn1.to_v", "attn1.add_v_proj"),
-        "subject2": ("attn1.to_v", "attn1.add_v_proj"),
-        "ffn": ("attn1.to_out.0", "attn1.to_add_out"),
+    placements={
+        "reference": _placement(("attn1.to_q", "attn1.to_k", "attn1.add_q_proj", "attn1.add_k_proj"),
+                                ("attn1.to_v", "attn1.add_v_proj"), ("attn1.to_out.0", "attn1.to_add_out")),
+        "reference_mlp": _placement(("attn1.to_q", "attn1.to_k", "attn1.add_q_proj", "attn1.add_k_proj"),
+                                    ("attn1.to_v", "attn1.add_v_proj"),
+                                    ("attn1.to_out.0", "attn1.to_add_out", "ff.net.0.proj", "ff.net.2",
+                                     "ff_context.net.0.proj", "ff_context.net.2")),
     },
     temporal_ratio=6,
     spatial_ratio=8,

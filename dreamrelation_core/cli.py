@@ -94,7 +94,7 @@ def _pretrain_synthrel(args) -> int:
     from .synthrel.base import pretrain
 
     path = pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                    max_steps=args.max_steps)
+                    max_steps=args.max_steps, protocol=args.protocol)
     print(f"{'checkpoint (rerun to resume)' if path.suffix == '.pt' else 'weights'}: {path}")
     return 0
 
@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many steps in all (the cosine still spans --steps); rerun to resume")
+    p.add_argument("--protocol", choices=("v1", "v2"), default="v1",
+                   help="v1: plain subjects, 32×32; v2: textured subjects, partly generic captions, 40×40")
     p.set_defaults(func=_pretrain_synthrel)
 
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "

@@ -36,10 +36,7 @@ class NativeTarget:
 
 def native_targets(arch: Architecture, weight_shapes: dict, config: TripletConfig | None = None) -> list[NativeTarget]:
     """The triplet's targets on a native model, from its weight names -> shapes (`diffusion_model.blocks.N...`)."""
-    config = config or TripletConfig()
-    unknown = set(config.extra_targets) - set(ROLES)
-    if unknown:
-        raise ValueError(f"extra_targets has unknown roles {sorted(unknown)}; expected some of {ROLES}")
+    wanted = (config or TripletConfig()).role_modules(arch)
     by_native = {native: [] for native, _ in arch.native_modules.values()}
     for rel, (native, layout) in arch.native_modules.items():
         by_native[native].append((rel, layout))
@@ -51,7 +48,7 @@ def native_targets(arch: Architecture, weight_shapes: dict, config: TripletConfi
         for rel, layout in by_native[match["rel"]]:
             out = shape[0] // 3 if isinstance(layout, int) else shape[0]
             for role in ROLES:
-                if rel in arch.role_modules[role] or rel in config.extra_targets.get(role, ()):
+                if rel in wanted[role]:
                     module = f"{arch.diffusers_blocks}.{match['index']}.{rel}"
                     targets.append(NativeTarget(role, module, name, layout, out, shape[1]))
     for role in ROLES:

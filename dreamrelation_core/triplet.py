@@ -23,8 +23,9 @@ GROUP_ROLES = {
 
 @dataclass
 class TripletConfig:
-    """LoRA hyper-parameters; `ranks`/`alphas` override rank/alpha per role, `extra_targets` adds block-relative
-    module names per role (e.g. {"ffn": ["ffn.net.0.proj", "ffn.net.2"]} to also adapt Wan's MLP)."""
+    """LoRA hyper-parameters; `placement` names where the roles go (Architecture.placements; None: the
+    architecture's default), `ranks`/`alphas` override rank/alpha per role, `extra_targets` adds block-relative
+    module names per role (e.g. {"ffn": ["ffn.net.0.proj"]})."""
 
     rank: int = 16
     alpha: float = 16.0
@@ -32,6 +33,15 @@ class TripletConfig:
     ranks: dict = field(default_factory=dict)
     alphas: dict = field(default_factory=dict)
     extra_targets: dict = field(default_factory=dict)
+    placement: str | None = None
+
+    def role_modules(self, arch: Architecture) -> dict:
+        """role -> set of block-relative module names: the placement's plus `extra_targets`."""
+        unknown = set(self.extra_targets) - set(ROLES)
+        if unknown:
+            raise ValueError(f"extra_targets has unknown roles {sorted(unknown)}; expected some of {ROLES}")
+        placement = arch.role_modules(self.placement)
+        return {role: set(placement[role]) | set(self.extra_targets.get(role, ())) for role in ROLES}
 
     def rank_of(self, role: str) -> int:
         return int(self.ranks.get(role, self.rank))
@@ -43,16 +53,13 @@ class TripletConfig:
 _BLOCK = re.compile(r"^(?P<block>.+?\.\d+)\.(?P<rel>.+)$")
 
 
-def resolve_targets(model: torch.nn.Module, arch: Architecture, extra_targets: dict | None = None) -> dict:
+def resolve_targets(model: torch.nn.Module, arch: Architecture, config: TripletConfig | None = None) -> dict:
     """role -> sorted full names of the nn.Linear modules it adapts, found by block-relative name in every block.
 
     Works on any diffusers model whose blocks live in a ModuleList (`blocks.N`, `transformer_blocks.N`). Modules
     absent in some blocks (Mochi's last block has no `to_add_out`) are simply not targeted there.
     """
-    wanted = {role: set(arch.role_modules[role]) | set((extra_targets or {}).get(role, ())) for role in ROLES}
-    unknown = set(extra_targets or {}) - set(ROLES)
-    if unknown:
-        raise ValueError(f"extra_targets has unknown roles {sorted(unknown)}; expected some of {ROLES}")
+    wanted = (config or TripletConfig()).role_modules(arch)
     targets = {role: [] for role in ROLES}
     for name, module in model.named_modules():
         match = _BLOCK.match(name)
@@ -76,7 +83,7 @@ def inject_triplet(model: torch.nn.Module, arch: Architecture, config: TripletCo
     from peft import LoraConfig, inject_adapter_in_model   # lazy: the ComfyUI backend never needs peft
 
     config = config or TripletConfig()
-    targets = resolve_targets(model, arch, config.extra_targets)
+    targets = resolve_targets(model, arch, config)
     for role in ROLES:
         lora = LoraConfig(r=config.rank_of(role), lora_alpha=config.alpha_of(role), lora_dropout=config.dropout,
                           target_modules=targets[role], init_lora_weights=True)

@@ -12,8 +12,13 @@ def test_write_section_replaces_in_place(tmp_path):
 
 def test_mini_evaluator_benchmark():
     result = evaluator_benchmark(clips_per_relation=2, progress=False)
-    assert result["clips"] == 16 and result["relation_accuracy"] >= 0.95
+    assert result["clips"] == 16 and result["relation_accuracy"] >= 0.95 and result["protocol"] == "v2"
+    assert result["attributes_match"] >= 0.9
     assert sum(sum(row.values()) for row in result["confusion"].values()) == 16
+    # two subjects in each of 9 frames of every clip, each read as its own texture (crisp renders)
+    assert sum(sum(row.values()) for row in result["texture_confusion"].values()) == 16 * 2 * 9
+    assert all(row.get(texture, 0) >= 0.9 * sum(row.values())
+               for texture, row in result["texture_confusion"].items() if row)
 
 
 def test_mini_quality_benchmark_runs_every_method(monkeypatch):

@@ -44,10 +44,58 @@ def test_role_targets_mochi_last_block_has_no_text_output(make_tiny):
 
 def test_extra_targets_and_bad_roles(make_tiny):
     model = make_tiny(WAN)
-    targets = resolve_targets(model, WAN, {"ffn": ["ffn.net.0.proj", "ffn.net.2"]})
+    targets = resolve_targets(model, WAN, TripletConfig(extra_targets={"ffn": ["ffn.net.0.proj", "ffn.net.2"]}))
     assert "blocks.1.ffn.net.0.proj" in targets["ffn"] and "blocks.0.ffn.net.2" in targets["ffn"]
     with pytest.raises(ValueError, match="unknown roles"):
-        resolve_targets(model, WAN, {"style": ["ffn.net.2"]})
+        resolve_targets(model, WAN, TripletConfig(extra_targets={"style": ["ffn.net.2"]}))
+
+
+def test_reference_placement_is_the_default_and_the_documented_modules(make_tiny):
+    model = make_tiny(WAN)
+    assert WAN.default_placement == MOCHI.default_placement == "reference"
+    assert resolve_targets(model, WAN, TripletConfig(placement="reference")) == resolve_targets(model, WAN)
+    assert WAN.role_modules() == {"relation": ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k"),
+                                  "subject1": ("attn1.to_v", "attn2.to_v"), "subject2": ("attn1.to_v", "attn2.to_v"),
+                                  "ffn": ("attn1.to_out.0", "attn2.to_out.0")}
+
+
+def test_wan_placements_move_the_roles(make_tiny):
+    model = make_tiny(WAN)
+    assert len(WAN.placements) >= 4
+
+    def rel(placement):
+        targets = resolve_targets(model, WAN, TripletConfig(placement=placement))
+        return {role: sorted({n.split(".", 2)[2] for n in names}) for role, names in targets.items()}
+
+    qk, v, o = ["attn1.to_k", "attn1.to_q", "attn2.to_k", "attn2.to_q"], ["attn1.to_v", "attn2.to_v"], \
+        ["attn1.to_out.0", "attn2.to_out.0"]
+    assert rel("reference_mlp") == {"relation": qk, "subject1": v, "subject2": v,
+                                    "ffn": sorted(o + ["ffn.net.0.proj", "ffn.net.2"])}
+    assert rel("relation_mlp")["relation"] == sorted(qk + ["ffn.net.0.proj", "ffn.net.2"])
+    motion = rel("motion_vo")
+    assert motion["relation"] == sorted(v + ["ffn.net.2"]) and motion["ffn"] == o
+    assert motion["subject1"] == motion["subject2"] == sorted(qk + ["ffn.net.0.proj"])
+    with pytest.raises(ValueError, match="unknown placement 'qkv'.*motion_vo"):
+        resolve_targets(model, WAN, TripletConfig(placement="qkv"))
+
+
+@pytest.mark.parametrize("placement", sorted(WAN.placements))
+def test_every_placement_trains_and_merges_as_its_roles_say(make_tiny, placement):
+    """Group gating and the inference merge follow the placement: the merged model equals the run with relation +
+    ffn active, and a subject-only step moves only the subject and ffn LoRAs."""
+    model = make_tiny(WAN)
+    x = inputs(WAN, model)
+    inject_triplet(model, WAN, TripletConfig(rank=2, alpha=2, placement=placement))
+    randomize_lora(model)
+    activate(model, GROUP_ROLES["subject1"])
+    WAN.velocity(model, *x).pow(2).mean().backward()
+    moved = {n.split(".lora_")[1].split(".")[1] for n, p in lora_parameters(model).items() if p.grad is not None}
+    assert moved == {"subject1", "ffn"}
+    activate(model, ("relation", "ffn"))
+    with torch.no_grad():
+        expected = WAN.velocity(model, *x)
+        merge_inference_set(model)
+        assert torch.allclose(WAN.velocity(model, *x), expected, atol=1e-5)
 
 
 def test_injection_shapes_and_identity_at_init(make_tiny):

@@ -16,13 +16,20 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..archs import SYNTHREL
-from .render import COLORS, RELATIONS, SHAPES, render_clip
+from .render import ATTRIBUTES, COLORS, LOOKS, RELATIONS, SHAPES, TEXTURES, Subject, render_clip
 
 HELD_OUT = ("pushes", "orbits")
 KNOWN = tuple(r for r in RELATIONS if r not in HELD_OUT)
 # Strong word order and neighbour context: without them the base cannot tell which colour is which subject.
 TEXT_ENCODING = dict(position_scale=1.0, context=0.5)
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "synthrel_base.safetensors"
+# What each protocol's base is pretrained on (docs/method.md). v2: textured subjects on 40×40 frames (5×5 tokens of
+# 8×8 pixels a frame; 48×48 cost 2.3× the step time of 32×32 here, 40×40 1.5×), captions naming a random subset of
+# each subject's attributes.
+PROTOCOLS = {"v1": dict(frames=9, size=(32, 32), look="v1", textured=False),
+             "v2": dict(frames=9, size=(40, 40), look="v2", textured=True)}
+# v2 captions: both subjects named whole in half the clips, "a shape" in 0.15, any other subset of attributes else.
+FULL_NAMING, GENERIC_NAMING = 0.5, 0.15
 
 
 class PixelCodec:
@@ -67,20 +74,39 @@ def build_synthrel_base(weights: Path | None = WEIGHTS, seed: int = 0):
     return Base(arch=SYNTHREL, transformer=transformer, text_encoder=text, codec=PixelCodec(), name="synthrel")
 
 
+def random_naming(rng: random.Random) -> tuple:
+    """Which attributes a v2 caption names of one subject (FULL_NAMING, GENERIC_NAMING, else a uniform other
+    subset): a generic "a shape" or "a circle" then stands for any look, as "a person" does for a video model."""
+    draw = rng.random()
+    if draw < FULL_NAMING:
+        return ATTRIBUTES
+    if draw < FULL_NAMING + GENERIC_NAMING:
+        return ()
+    partial = [tuple(a for k, a in enumerate(ATTRIBUTES) if mask >> k & 1) for mask in range(1, 7)]
+    return rng.choice(partial)
+
+
 def random_clip(rng: random.Random, relations=KNOWN, frames: int = SYNTHREL.default_frames,
-                size=SYNTHREL.default_size):
-    """(video [3, F, H, W] in [-1, 1], caption) of a random relation with two random distinct-colour subjects."""
+                size=SYNTHREL.default_size, look: str = "v1", textured: bool = False):
+    """(video [3, F, H, W] in [-1, 1], caption) of a random relation with two random distinct-colour subjects;
+    `textured` (v2): random textures too, and captions naming a random subset of attributes (`random_naming`)."""
     relation = rng.choice(relations)
     c1, c2 = rng.sample(sorted(COLORS), 2)
-    s1, s2 = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES))
-    video, _, caption = render_clip(relation, s1, s2, frames, size, seed=rng.randrange(1 << 30))
+    if textured:
+        s1, s2 = (Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in (c1, c2))
+        named = (random_naming(rng), random_naming(rng))
+    else:
+        s1, s2, named = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES)), (None, None)
+    video, _, caption = render_clip(relation, s1, s2, frames, size, rng.randrange(1 << 30), LOOKS[look], *named)
     return torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1, caption
 
 
 def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
              caption_dropout: float = 0.1, sigma_shift: float = 2.0, ema_decay: float = 0.999,
-             checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None) -> Path:
-    """Flow-matching pretraining of the SynthRel base on the KNOWN relations; resumes from `out` if it holds a
+             checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None,
+             protocol: str = "v1") -> Path:
+    """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips (PROTOCOLS);
+    resumes from `out` if it holds a
     checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
     `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`.
 
@@ -94,6 +120,8 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     from ..flow import noisy_latents, velocity_target
     from ..losses import as_random_state
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = build_synthrel_base(weights=None, seed=seed)
@@ -119,7 +147,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     bar = tqdm(total=end, initial=step, desc="pretraining SynthRel base", disable=not progress)
     log = open(out / "log.jsonl", "a")
     while step < end:
-        clips = [random_clip(rng) for _ in range(batch)]
+        clips = [random_clip(rng, **PROTOCOLS[protocol]) for _ in range(batch)]
         z0, _ = base.codec.encode(torch.stack([c[0] for c in clips]))
         text, mask = base.text_encoder.encode([c[1] for c in clips])
         drop = torch.rand(batch, generator=generator) < caption_dropout
@@ -159,7 +187,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
                                                    "caption_dropout": caption_dropout,
                                                    "sigma_shift": sigma_shift, "ema_decay": ema_decay,
                                                    "prediction": SYNTHREL.prediction, "known": KNOWN,
-                                                   "held_out": HELD_OUT,
+                                                   "held_out": HELD_OUT, "protocol": protocol,
                                                    "transformer": SYNTHREL.tiny_transformer}, indent=2) + "\n")
     return weights
 

@@ -1,8 +1,10 @@
 """SynthRel evaluator: find the subjects in RGB frames with OpenCV, extract trajectories, name the relation.
 
-Only what is visible counts: subjects are found by colour (nearest palette colour, so slightly off colours from a
-generator still match) and their shape is read off the largest blob (vertex count, fill ratio, centroid height).
-The relation classifier is a fixed set of rules on the two trajectories, validated on ground-truth renders; it
+Only what is visible counts: subjects are found by colour (nearest palette hue among saturated, bright enough
+pixels, so both tones of a texture and slightly off colours from a generator match), their shape is read off the
+largest blob (fill ratio, centroid height) and their texture off its pixels' brightness (the texture whose pattern
+correlates best, `texture_of`). The relation classifier is a fixed set of rules on the two trajectories. All rules
+were fixed on ground-truth renders (docs/benchmarks.md) before any method was judged with them; the evaluator
 never looks at how a video was made.
 """
 from __future__ import annotations
@@ -13,10 +15,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .render import COLORS
+from .render import COLORS, TEXTURES, as_subject, texture_tone
 
 PALETTE_NAMES = list(COLORS)
-PALETTE = np.array([COLORS[c] for c in PALETTE_NAMES], dtype=np.float32)
+PALETTE = np.array([COLORS[c] for c in PALETTE_NAMES], dtype=np.uint8)
+PALETTE_HUES = cv2.cvtColor(PALETTE[None], cv2.COLOR_RGB2HSV)[0, :, 0].astype(np.int16)   # OpenCV hue, 0..179
+PALETTE_VALUES = PALETTE.max(axis=1).astype(np.float32)
+# Thresholds (OpenCV HSV units): a subject pixel is saturated (S ≥ 100 of 255) and bright (V ≥ 80: a texture's dark
+# tone is half its colour's value, ≥ 105 for every palette colour; backgrounds stay below 63) and lies within 12 of
+# 180 hue units of a palette hue (the closest two palette hues, cyan and blue, are 20 apart).
+MIN_SATURATION, MIN_VALUE, MAX_HUE_GAP = 100, 80, 12
 
 
 @dataclass
@@ -25,16 +33,17 @@ class Blob:
     y: float
     area: int         # pixels
     shape: str | None
+    texture: str | None = None
 
 
-def colour_map(frame: np.ndarray, max_distance: float = 90.0, min_saturation: int = 60) -> np.ndarray:
-    """uint8 RGB [H, W, 3] -> palette index per pixel [H, W] (−1: background, too grey or too far from all)."""
-    pixels = frame.reshape(-1, 3).astype(np.float32)
-    distance = np.linalg.norm(pixels[:, None, :] - PALETTE[None], axis=-1)
-    index = distance.argmin(axis=1)
-    saturated = (pixels.max(axis=1) - pixels.min(axis=1)) >= min_saturation
-    index[(distance.min(axis=1) > max_distance) | ~saturated] = -1
-    return index.reshape(frame.shape[:2])
+def colour_map(frame: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> palette index per pixel [H, W] (−1: background, too grey, dark or far from all)."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2HSV).astype(np.int16)
+    gap = np.abs(hsv[..., :1] - PALETTE_HUES)
+    gap = np.minimum(gap, 180 - gap)
+    index = gap.argmin(axis=-1)
+    index[(gap.min(axis=-1) > MAX_HUE_GAP) | (hsv[..., 1] < MIN_SATURATION) | (hsv[..., 2] < MIN_VALUE)] = -1
+    return index
 
 
 def shape_of(mask: np.ndarray) -> str | None:
@@ -53,6 +62,35 @@ def shape_of(mask: np.ndarray) -> str | None:
     return "circle" if fill > 0.55 else "diamond"
 
 
+def texture_of(frame: np.ndarray, mask: np.ndarray, colour: str) -> str | None:
+    """The texture of one subject's blob (`mask` [H, W] bool) in `frame`, read off the brightness of its inner
+    pixels relative to `colour`'s (tone: 1 bright, render.DARK_TONE dark). Each texture's pattern
+    (render.texture_tone), centred within 2 px of the blob's centroid (occlusion and triangles move the centroid),
+    is fitted with a contrast gain in [0, 1] (soft frames lose contrast, not level); the texture with the least
+    residual plus squared difference of mean tone wins. The mean keeps a uniformly dark blob (a blurred dotted
+    one) apart from a uniformly bright one (plain). None on blobs too small to tell."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 12:
+        return None
+    radius = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2.0
+    cx, cy = int(round(xs.mean())), int(round(ys.mean()))
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if inner.sum() >= 12:                 # edge pixels blend with the background in soft frames
+        ys, xs = np.nonzero(inner)
+    tone = frame[ys, xs].max(axis=1) / PALETTE_VALUES[PALETTE_NAMES.index(colour)]
+    centred = tone - tone.mean()
+
+    def error(pattern: np.ndarray) -> float:
+        shape = pattern - pattern.mean()
+        gain = float(np.clip((centred @ shape) / max(float(shape @ shape), 1e-9), 0.0, 1.0))
+        return float(np.mean((centred - gain * shape) ** 2)) + (tone.mean() - pattern.mean()) ** 2
+
+    errors = {texture: min(error(texture_tone(texture, xs - cx - ox, ys - cy - oy, radius))
+                           for oy in range(-2, 3) for ox in range(-2, 3))
+              for texture in TEXTURES}
+    return min(errors, key=errors.get)
+
+
 def find(frame: np.ndarray, colour: str, colours: np.ndarray | None = None, min_area: int = 6) -> Blob | None:
     """The largest blob of `colour` in `frame` (uint8 RGB [H, W, 3]), or None."""
     colours = colour_map(frame) if colours is None else colours
@@ -66,7 +104,8 @@ def find(frame: np.ndarray, colour: str, colours: np.ndarray | None = None, min_
         return None
     height, width = mask.shape
     cx, cy = centroids[best]
-    return Blob(cx / width, cy / height, area, shape_of(labels == best))
+    blob = labels == best
+    return Blob(cx / width, cy / height, area, shape_of(blob), texture_of(frame, blob, colour))
 
 
 def track(video: np.ndarray, colour: str, colour_maps=None) -> np.ndarray:
@@ -115,9 +154,9 @@ def classify(path1: np.ndarray, path2: np.ndarray) -> str | None:
             lift = float((p2[:, 1] - p1[:, 1]).max())     # image y grows downwards: above = smaller y
             return "jumps over" if lift > 0.08 else None
         closest = int(gap.argmin())
-        if gap[-1] < 0.6 * gap[0] and closest >= frames - 3:
+        if gap[-1] < 0.7 * gap[0] and closest >= frames - 3:
             return "approaches"
-        if gap[-1] > gap[0] / 0.6 and closest <= 2:
+        if gap[-1] > gap[0] / 0.7 and closest <= 2:
             return "moves away from"
         if 2 < closest < frames - 3 and min(gap[0], gap[-1]) > 1.6 * gap[closest]:
             return "bounces off"
@@ -135,24 +174,46 @@ def classify(path1: np.ndarray, path2: np.ndarray) -> str | None:
 
 
 def evaluate_video(video: np.ndarray, subject1, subject2, exemplar_subjects=(), presence: float = 0.5) -> dict:
-    """Judge one generated clip (uint8 RGB [F, H, W, 3]) against its prompt's (colour, shape) subjects.
+    """Judge one generated clip (uint8 RGB [F, H, W, 3]) against its prompt's subjects: (colour, texture, shape)
+    specs with None for an attribute the prompt leaves unnamed, or plain (colour, shape) pairs (texture unchecked).
 
     relation: named from the trajectories of the two prompt colours (None: none recognised);
     subjects_present: both prompt colours visible in at least `presence` of the frames;
-    shapes_match: and their blobs read as the prompt's shapes there (crisp renders: always; blurred: less so);
-    leaked: exemplar colours that are not prompt colours yet visible in at least `presence` of the frames.
+    shapes_match / textures_match: and their blobs read as the named shapes / textures there;
+    attributes_match: every named attribute of both subjects rendered (prompt fidelity);
+    leaked: the exemplar looks (`exemplar_subjects`) that are no prompt look yet show in at least `presence` of
+    the frames: an exemplar colour as a blob of its own, or an exemplar texture on a prompt subject.
     """
+    specs = [_spec(s) for s in (subject1, subject2)]
     maps = [colour_map(f) for f in video]
     blobs = {c: [find(f, c, m) for f, m in zip(video, maps)] for c in COLORS}
     paths = {c: np.array([(b.x, b.y) if b else (np.nan, np.nan) for b in bs]) for c, bs in blobs.items()}
     needed = presence * len(video)
 
-    def seen(colour, shape=None) -> bool:
-        return sum(b is not None and (shape is None or b.shape == shape) for b in blobs[colour]) >= needed
+    def seen(colour, shape=None, texture=None) -> bool:
+        return sum(b is not None and shape in (None, b.shape) and texture in (None, b.texture)
+                   for b in blobs[colour]) >= needed
 
-    prompt_colours = {subject1[0], subject2[0]}
-    leaked = sorted({c for c, _ in exemplar_subjects if c not in prompt_colours and seen(c)})
-    return {"relation": classify(paths[subject1[0]], paths[subject2[0]]),
-            "subjects_present": seen(subject1[0]) and seen(subject2[0]),
-            "shapes_match": seen(*subject1) and seen(*subject2), "leaked": leaked}
+    prompt_colours = {s[0] for s in specs}
+    prompt_textures = {s[1] for s in specs}
+    exemplars = [_spec(s) for s in exemplar_subjects]
+    leaked = {c for c, _, _ in exemplars if c not in prompt_colours and seen(c)}
+    leaked |= {t for _, t, _ in exemplars if t is not None and t not in prompt_textures
+               and any(seen(c, texture=t) for c in prompt_colours)}
+    shapes = all(seen(c, shape=s) for c, _, s in specs)
+    textures = all(seen(c, texture=t) for c, t, _ in specs)
+    return {"relation": classify(paths[specs[0][0]], paths[specs[1][0]]),
+            "subjects_present": all(seen(c) for c, _, _ in specs), "shapes_match": shapes,
+            "textures_match": textures, "attributes_match": all(seen(c, s, t) for c, t, s in specs),
+            "leaked": sorted(leaked)}
 
+
+def _spec(subject) -> tuple:
+    """(colour, texture or None, shape or None); the colour must be named, as subjects are tracked by it."""
+    if len(subject) == 2:
+        return subject[0], None, subject[1]
+    colour, texture, shape = subject
+    if colour is None:
+        raise ValueError(f"subject {tuple(subject)}: the evaluator needs its colour named")
+    as_subject((colour, texture or "plain", shape or "circle"))        # the named values must exist
+    return colour, texture, shape

@@ -1,15 +1,22 @@
-"""Render SynthRel clips: two flat-coloured shapes acting out a relation by a kinematic program.
+"""Render SynthRel clips: two coloured, textured shapes acting out a relation by a kinematic program.
 
 Each relation is a program of normalised time t ∈ [0, 1] and random parameters giving both subjects' centres in
 frame units (x, y ∈ [0, 1]). Programs are mirrored left/right at random, sizes and backgrounds vary. Masks are the
 exact visible pixels of each subject (subject1 is drawn on top).
+
+A subject is (colour, texture, shape). A texture is a two-tone pattern of the subject's colour and its half-bright
+tone, anchored at the subject's centre so that it moves with it; both tones keep the colour's hue, so a subject is
+still found by its colour (docs/method.md, SynthRel v2). (colour, shape) pairs are plain subjects (protocol v1).
+A caption names, per subject, any subset of its attributes: "a red striped circle", "a circle", "a shape".
 """
 from __future__ import annotations
 
 import math
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -17,6 +24,40 @@ import numpy as np
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 230), "yellow": (235, 215, 40),
           "purple": (160, 60, 210), "cyan": (40, 210, 220)}
 SHAPES = ("circle", "square", "triangle", "diamond")
+TEXTURES = ("plain", "striped", "banded", "checked", "dotted", "ringed", "shaded")
+ATTRIBUTES = ("colour", "texture", "shape")
+GENERIC_NOUN = "shape"      # the noun of a subject whose shape the caption does not name
+DARK_TONE = 0.5             # the second tone of a texture: the subject's colour at this brightness
+
+
+class Subject(NamedTuple):
+    colour: str
+    texture: str
+    shape: str
+
+
+def as_subject(subject) -> Subject:
+    """A Subject from (colour, texture, shape) or a plain (colour, shape); ValueError naming the allowed values."""
+    if len(subject) == 2:
+        subject = (subject[0], "plain", subject[1])
+    if len(subject) != 3 or subject[0] not in COLORS or subject[1] not in TEXTURES or subject[2] not in SHAPES:
+        raise ValueError(f"unknown subject {tuple(subject)}; expected (colour, texture, shape) or (colour, shape) "
+                         f"with colours {sorted(COLORS)}, textures {list(TEXTURES)}, shapes {list(SHAPES)}")
+    return Subject(*subject)
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a protocol draws: subject half-size max(min_radius, int(short side · U(radius))) pixels, background
+    grey level U(0, background) plus a tint U(0, tint) per channel."""
+
+    radius: tuple = (0.075, 0.1)
+    min_radius: int = 3
+    background: int = 50
+    tint: int = 12
+
+
+LOOKS = {"v1": Look(), "v2": Look(radius=(0.1, 0.15), min_radius=4, background=24, tint=8)}
 # Colour-coded mask colours (reference format): subject1 sorts before subject2 as an RGB tuple.
 MASK_COLORS = ((102, 221, 225), (179, 62, 234))
 
@@ -117,28 +158,59 @@ def draw_shape(canvas: np.ndarray, shape: str, center, radius: int, color) -> No
     cv2.fillPoly(canvas, [np.array(pts, dtype=np.int32)], color, lineType=cv2.LINE_8)
 
 
-def caption(relation: str, subject1, subject2) -> str:
-    return f"a {subject1[0]} {subject1[1]} {relation} a {subject2[0]} {subject2[1]}"
+def describe(subject, named=None) -> str:
+    """"a red striped circle" for the attributes in `named` (default: all of a Subject, colour and shape of a
+    plain pair); an unnamed shape reads "shape"."""
+    if len(subject) == 2 and named is None:
+        named = ("colour", "shape")
+    subject = as_subject(subject)
+    named = ATTRIBUTES if named is None else named
+    words = [subject.colour] * ("colour" in named) + [subject.texture] * ("texture" in named)
+    return " ".join(["a", *words, subject.shape if "shape" in named else GENERIC_NOUN])
+
+
+def caption(relation: str, subject1, subject2, named1=None, named2=None) -> str:
+    """"a red striped circle pushes a shape": each subject described by its `named` attributes (`describe`)."""
+    return f"{describe(subject1, named1)} {relation} {describe(subject2, named2)}"
 
 
 def parse_caption(text: str):
-    """Inverse of `caption`: (relation, (colour, shape), (colour, shape)); ValueError naming what is expected."""
-    colours, shapes = "|".join(COLORS), "|".join(SHAPES)
-    match = re.fullmatch(rf"\s*an? ({colours}) ({shapes}) ({'|'.join(RELATIONS)}) an? ({colours}) ({shapes})[\s.]*",
-                         text.lower())
+    """Inverse of `caption`: (relation, spec1, spec2), each spec (colour, texture, shape) with None for what the
+    caption leaves unnamed; ValueError naming what is expected."""
+    colours, textures, shapes = "|".join(COLORS), "|".join(TEXTURES), "|".join((*SHAPES, GENERIC_NOUN))
+    subject = rf"an? (?:({colours}) )?(?:({textures}) )?({shapes})"
+    match = re.fullmatch(rf"\s*{subject} ({'|'.join(RELATIONS)}) {subject}[\s.]*", text.lower())
     if match is None:
-        raise ValueError(f"prompt {text!r} is not a SynthRel caption; expected 'a <colour> <shape> <relation> a "
-                         f"<colour> <shape>' with colours {sorted(COLORS)}, shapes {list(SHAPES)} and relations "
-                         f"{list(RELATIONS)}")
-    c1, s1, relation, c2, s2 = match.groups()
-    return relation, (c1, s1), (c2, s2)
+        raise ValueError(f"prompt {text!r} is not a SynthRel caption; expected 'a [colour] [texture] <shape> "
+                         f"<relation> a [colour] [texture] <shape>' with colours {sorted(COLORS)}, textures "
+                         f"{list(TEXTURES)}, shapes {list(SHAPES)} or {GENERIC_NOUN!r}, relations {list(RELATIONS)}")
+    c1, t1, s1, relation, c2, t2, s2 = match.groups()
+    return (relation, Subject(c1, t1, None if s1 == GENERIC_NOUN else s1),
+            Subject(c2, t2, None if s2 == GENERIC_NOUN else s2))
 
 
-def trajectories(relation: str, frames: int, seed: int, size=(64, 64)):
+def texture_tone(texture: str, dx: np.ndarray, dy: np.ndarray, radius: int) -> np.ndarray:
+    """Brightness in [DARK_TONE, 1] of `texture` at pixel offsets (dx, dy) from the subject's centre."""
+    bright = {
+        "plain": lambda: np.ones_like(dx, dtype=bool),
+        "striped": lambda: (dy // 2) % 2 == 0,                       # horizontal bands, 2 px each
+        "banded": lambda: (dx // 2) % 2 == 0,                        # vertical bands
+        "checked": lambda: (dx // 2 + dy // 2) % 2 == 0,             # 2×2 checks
+        "dotted": lambda: (dx % 3 == 0) & (dy % 3 == 0),             # bright dots on the dark tone
+        "ringed": lambda: (np.rint(np.hypot(dx, dy)).astype(int) // 2) % 2 == 0,   # rings round a bright centre
+    }
+    if texture == "shaded":                                          # bright top to dark bottom
+        return 1.0 - (1.0 - DARK_TONE) * np.clip((dy + radius) / (2.0 * radius), 0.0, 1.0)
+    if texture not in bright:
+        raise ValueError(f"unknown texture {texture!r}; expected one of {list(TEXTURES)}")
+    return np.where(bright[texture](), 1.0, DARK_TONE)
+
+
+def trajectories(relation: str, frames: int, seed: int, size=(64, 64), look: Look = LOOKS["v1"]):
     """Ground-truth centres [F, 2, 2] (subject, (x, y) in frame units) and radii (pixels) of one clip."""
     rng = random.Random(seed)
     height, width = size
-    r1, r2 = (max(3, int(min(height, width) * rng.uniform(0.075, 0.1))) for _ in range(2))
+    r1, r2 = (max(look.min_radius, int(min(height, width) * rng.uniform(*look.radius))) for _ in range(2))
     params = _params(relation, rng, r1 / width, r2 / width)
     mirror = rng.random() < 0.5
     centres = np.zeros((frames, 2, 2))
@@ -148,61 +220,81 @@ def trajectories(relation: str, frames: int, seed: int, size=(64, 64)):
     return centres, (r1, r2), rng
 
 
-def render_clip(relation: str, subject1: tuple[str, str], subject2: tuple[str, str], frames: int = 17,
-                size: tuple[int, int] = (64, 64), seed: int = 0):
-    """One clip of `subject1` (colour, shape) `relation` `subject2`.
+def render_clip(relation: str, subject1, subject2, frames: int = 17, size: tuple[int, int] = (64, 64),
+                seed: int = 0, look: Look = LOOKS["v1"], named1=None, named2=None):
+    """One clip of `subject1` `relation` `subject2` (each (colour, texture, shape), or a plain (colour, shape)).
 
-    Returns (frames uint8 [F, H, W, 3] RGB, masks float32 [F, 2, H, W] of 0/1, caption "a red circle ...").
+    Returns (frames uint8 [F, H, W, 3] RGB, masks float32 [F, 2, H, W] of 0/1, caption naming `named1`/`named2`
+    of the subjects' attributes, `describe`).
     """
     if relation not in RELATIONS:
         raise ValueError(f"unknown relation {relation!r}; expected one of {sorted(RELATIONS)}")
-    for subject in (subject1, subject2):
-        if subject[0] not in COLORS or subject[1] not in SHAPES:
-            raise ValueError(f"unknown subject {subject}; colours {sorted(COLORS)}, shapes {SHAPES}")
+    text = caption(relation, subject1, subject2, named1, named2)
+    subjects = (as_subject(subject1), as_subject(subject2))
     height, width = size
-    centres, radii, rng = trajectories(relation, frames, seed, size)
-    level = rng.randint(0, 50)
-    tint = np.array([level + rng.randint(0, 12) for _ in range(3)], dtype=np.uint8)
+    centres, radii, rng = trajectories(relation, frames, seed, size, look)
+    level = rng.randint(0, look.background)
+    tint = np.array([level + rng.randint(0, look.tint) for _ in range(3)], dtype=np.uint8)
+    ys, xs = np.mgrid[:height, :width]
     video = np.empty((frames, height, width, 3), np.uint8)
     masks = np.zeros((frames, 2, height, width), np.float32)
     for i in range(frames):
         canvas = np.broadcast_to(tint, (height, width, 3)).copy()
         layers = []
-        for s, (color, shape) in enumerate((subject1, subject2)):
+        for s in (1, 0):                                   # subject1 is drawn on top
+            colour, texture, shape = subjects[s]
             layer = np.zeros((height, width), np.uint8)
-            cx, cy = centres[i, s]
-            draw_shape(layer, shape, (int(round(cx * width)), int(round(cy * height))), radii[s], 1)
-            layers.append(layer.astype(bool))
-        canvas[layers[1]] = COLORS[subject2[0]]
-        canvas[layers[0]] = COLORS[subject1[0]]
+            x, y = int(round(centres[i, s, 0] * width)), int(round(centres[i, s, 1] * height))
+            draw_shape(layer, shape, (x, y), radii[s], 1)
+            inside = layer.astype(bool)
+            tone = texture_tone(texture, xs[inside] - x, ys[inside] - y, radii[s])
+            canvas[inside] = np.rint(tone[:, None] * np.array(COLORS[colour], np.float64)).astype(np.uint8)
+            layers.insert(0, inside)
         video[i] = canvas
         masks[i, 0] = layers[0]
         masks[i, 1] = layers[1] & ~layers[0]
-    return video, masks, caption(relation, subject1, subject2)
+    return video, masks, text
 
 
-def exemplar_clips(relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0):
+def exemplar_clips(relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0,
+                   look: Look = LOOKS["v1"], named=None):
     """`count` clips (name, video, masks, caption) of `relation` as `render_clip` gives them, cycling through the
-    subject `pairs`, clip n with seed `seed` + n."""
+    subject `pairs`, clip n with seed `seed` + n; captions name `named` of each subject (() : "a shape")."""
     for n in range(count):
         s1, s2 = pairs[n % len(pairs)]
-        yield (f"clip_{n:02d}", *render_clip(relation, s1, s2, frames, size, seed=seed + n))
+        yield (f"clip_{n:02d}", *render_clip(relation, s1, s2, frames, size, seed + n, look, named, named))
 
 
-def write_exemplars(folder, relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0):
-    """Write `exemplar_clips` as `<folder>/clip_NN.mp4` + caption `.txt` + colour-coded mask folder
+def write_exemplars(folder, relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0,
+                    look: Look = LOOKS["v1"], named=None, lossless: bool = False):
+    """Write `exemplar_clips` as `<folder>/clip_NN.mp4` (`lossless`: a folder `<folder>/clip_NN/` of PNG frames,
+    which keeps 2-px textures that mp4's chroma subsampling smears) + caption `.txt` + colour-coded mask folder
     `<folder>/masks/clip_NN/frameK.png` (un-padded names, as the reference's)."""
     from ..videoio import write_video
 
     folder = Path(folder)
-    for name, video, masks, text in exemplar_clips(relation, count, pairs, frames, size, seed):
-        write_video(folder / f"{name}.mp4", video, fps=16)
+    for name, video, masks, text in exemplar_clips(relation, count, pairs, frames, size, seed, look, named):
+        if lossless:
+            _write_png_frames(folder / name, video)
+        else:
+            write_video(folder / f"{name}.mp4", video, fps=16)
         (folder / f"{name}.txt").write_text(text + "\n")
-        mask_dir = folder / "masks" / name
-        mask_dir.mkdir(parents=True, exist_ok=True)
-        for k in range(frames):
-            coded = np.zeros((*size, 3), np.uint8)
-            coded[masks[k, 1] > 0] = MASK_COLORS[1]
-            coded[masks[k, 0] > 0] = MASK_COLORS[0]
-            cv2.imwrite(str(mask_dir / f"frame{k}.png"), coded[..., ::-1])
+        coded = np.zeros((frames, *size, 3), np.uint8)
+        coded[masks[:, 1] > 0] = MASK_COLORS[1]
+        coded[masks[:, 0] > 0] = MASK_COLORS[0]
+        _write_png_frames(folder / "masks" / name, coded)
     return folder
+
+
+def _write_png_frames(folder: Path, frames: np.ndarray) -> None:
+    """RGB frames [F, H, W, 3] as `folder/frameK.png` (written whole into a temporary folder, then renamed)."""
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    for k, frame in enumerate(frames):
+        cv2.imwrite(str(tmp / f"frame{k}.png"), frame[..., ::-1])
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)

@@ -55,11 +55,13 @@ def test_exemplars_node_and_evaluator_on_ground_truth(pack):
     assert frames.shape == (27, 32, 32, 3) and items[0]["masks"].shape == (9, 2, 32, 32)
     assert all(i["caption"].startswith("a ") and " orbits " in i["caption"] for i in items)
     # masks mark exactly the subject's pixels: its colour inside the mask
-    video, masks, _ = render_clip("orbits", *parse_caption(items[1]["caption"])[1:], 9, (32, 32), seed=6)
+    pairs = [(c, s) for c, _, s in parse_caption(items[1]["caption"])[1:]]
+    video, masks, _ = render_clip("orbits", *pairs, 9, (32, 32), seed=6)
     assert torch.equal(items[1]["masks"], torch.from_numpy(masks).float())
     relation, s1, s2 = parse_caption(prompt)
     assert relation == "orbits" and not {s1[0], s2[0]} & set(EXEMPLAR_COLOURS)
 
+    s1, s2 = (s1.colour, s1.shape), (s2.colour, s2.shape)
     truth, _, _ = render_clip("orbits", s1, s2, 9, (32, 32), seed=0)
     verdict = nodes.SynthRelEvaluate.execute(torch.from_numpy(truth).float() / 255, prompt)
     assert verdict.result[0].startswith("PASS") and verdict.ui.as_dict()["text"] == (verdict.result[0],)
