@@ -41,19 +41,17 @@ def evaluator_benchmark(clips_per_relation: int = 50, seed: int = 0, progress: b
     `degraded` (blurred and noisy): relation accuracy and confusion, subjects found, and per attribute how often
     the named value is read (texture confusion per frame: what each true texture is read as)."""
     from .synthrel import COLORS, RELATIONS, SHAPES
-    from .synthrel.base import PROTOCOLS
     from .synthrel.evaluate import colour_map, evaluate_video, find
-    from .synthrel.render import LOOKS, TEXTURES, Subject, render_clip
+    from .synthrel.protocol import V2
+    from .synthrel.render import TEXTURES, Subject, render_clip
 
-    clip = PROTOCOLS["v2"]
     rng = random.Random(seed)
     confusion, textures = collections.Counter(), collections.Counter()
     counts = collections.Counter()
     jobs = [(r, k) for r in RELATIONS for k in range(clips_per_relation)]
     for relation, k in tqdm(jobs, desc="evaluator on ground truth", disable=not progress):
         s1, s2 = (Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in rng.sample(sorted(COLORS), 2))
-        video, _, _ = render_clip(relation, s1, s2, clip["frames"], clip["size"], rng.randrange(1 << 30),
-                                  LOOKS[clip["look"]])
+        video, _, _ = render_clip(relation, s1, s2, V2.frames, V2.size, rng.randrange(1 << 30), V2.look)
         video = degrade(video, rng) if degraded else video
         result = evaluate_video(video, s1, s2)
         confusion[(relation, result["relation"] or "none")] += 1
@@ -117,18 +115,25 @@ def _write_json(result: dict, json_path) -> None:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False) -> dict:
+def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
+        protocol: str | None = None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
-    `quality`: DreamRelation vs. direct LoRA vs. ablations vs. base on held-out relations."""
+    `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations.
+    `protocol`: the SynthRel protocol (default: the shipped base's, quality.PROTOCOL)."""
     from .synthrel import quality
+    from .synthrel.protocol import get_protocol
 
+    chosen = quality.PROTOCOL if protocol is None else get_protocol(protocol)
+    if kind in ("base", "quality") and not chosen.weights.is_file():
+        raise FileNotFoundError(f"no SynthRel {chosen.name} base at {chosen.weights}: pretrain it first "
+                                f"(python -m dreamrelation_core pretrain-synthrel --protocol {chosen.name})")
     if kind == "base":
-        result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress)
+        result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress, protocol=chosen)
         markdown = quality.base_markdown(result)
     elif kind == "quality":
         result = quality.benchmark(steps=30 if quick else quality.TRAIN_STEPS,
                                    prompts=2 if quick else quality.PROMPTS, seeds=(0,) if quick else (0, 1, 2),
-                                   progress=progress)
+                                   progress=progress, protocol=chosen)
         markdown = quality.markdown(result)
     elif kind == "evaluator":
         return _evaluator(clips, json_path, progress)

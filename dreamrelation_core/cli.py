@@ -86,7 +86,7 @@ def _convert(args) -> int:
 def _bench(args) -> int:
     from .bench import run
 
-    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick)
+    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol)
     return 0
 
 
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=50, help="evaluator: clips per relation")
     p.add_argument("--quick", action="store_true", help="a fast mini run (not written to docs/benchmarks.md)")
     p.add_argument("--json", help="also write the figures as JSON here")
+    p.add_argument("--protocol", choices=("v1", "v2"), default=None,
+                   help="SynthRel protocol of base and quality (default: the shipped base's)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("pretrain-synthrel", help="pretrain the SynthRel base (all relations but the held-out ones)")

@@ -1,3 +1,5 @@
+import pytest
+
 from dreamrelation_core.bench import evaluator_benchmark, write_section
 
 
@@ -43,14 +45,55 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     result = quality.benchmark(relations=("pushes",), exemplars=2, steps=2, prompts=1, seeds=(0, 1),
                                sample_steps=2, progress=False)
     assert list(result["methods"]) == list(quality.METHODS) == [
-        "dreamrelation", "dreamrelation_all_roles", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras", "base"]
+        "dreamrelation", "dreamrelation_reference_mlp", "dreamrelation_relation_mlp", "dreamrelation_motion_vo",
+        "dreamrelation_all_roles", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras", "base"]
     for method in result["methods"].values():
         assert 0.0 <= method["relation_accuracy"] <= 1.0 and 0.0 <= method["leakage"] <= 1.0
         assert len(method["per_relation"]["pushes"]["per_seed"]) == 2
-    assert "| dreamrelation |" in quality.markdown(result)
+        assert len(method["per_relation"]["pushes"]["clips"]) == 2
+    assert result["protocol"] == "v1" and sorted(result["placements"]) == sorted(quality.SYNTHREL.placements)
+    assert result["placements"]["reference"]["method"] == "dreamrelation"
+    assert set(result["placements"]["motion_vo"]["vs_reference"]) == {"difference", "low", "high", "beyond_noise"}
+    assert "| dreamrelation |" in quality.markdown(result) and "motion_vo − reference" in quality.markdown(result)
     # One training run per distinct setting: the all-roles diagnostic reuses DreamRelation's triplet.
-    assert len(runs) == 5 and [r.subject_loras for r in runs].count(False) == 1
+    assert len(runs) == 8 and [r.subject_loras for r in runs].count(False) == 1
     assert runs[0].hybrid_masks and runs[0].subject_loras                  # DreamRelation's own run comes first
     # Each method is judged with its inference roles active (none for the base).
-    assert judged == [{"relation", "ffn"}, set(ROLES), set(ROLES), {"relation", "ffn"}, {"relation", "ffn"},
-                      {"relation", "ffn"}, set()]
+    inference = {"relation", "ffn"}
+    assert judged == [inference] * 4 + [set(ROLES), set(ROLES), inference, inference, inference, set()]
+
+
+def test_paired_bootstrap_tells_a_real_difference_from_noise():
+    from dreamrelation_core.synthrel.quality import paired_bootstrap
+
+    better = paired_bootstrap([1] * 40 + [0] * 8, [1] * 10 + [0] * 38)
+    assert better["beyond_noise"] and better["low"] > 0 and abs(better["difference"] - 30 / 48) < 1e-9
+    same = paired_bootstrap([1, 0] * 24, [0, 1] * 24)
+    assert not same["beyond_noise"] and same["low"] < 0 < same["high"] and same["difference"] == 0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1, 0], [1])
+
+
+def test_v2_quick_benchmark_runs_on_textured_exemplars(monkeypatch, tmp_path):
+    """The v2 protocol end to end on a random base (the shipped v2 weights may not exist yet): textured lossless
+    exemplars with generic captions, unseen test subjects, per-clip verdicts."""
+    from dreamrelation_core.synthrel import quality
+    from dreamrelation_core.synthrel.protocol import V2
+
+    prompts = []
+    original_sample = quality.sample_clip
+
+    def sample(base, prompt, *args):
+        prompts.append(prompt)
+        return original_sample(base, prompt, *args)
+
+    monkeypatch.setattr(quality, "sample_clip", sample)
+    result = quality.benchmark(relations=("orbits",), methods=("dreamrelation", "direct_lora"), exemplars=2,
+                               steps=2, prompts=2, seeds=(0,), sample_steps=2, progress=False, protocol=V2)
+    assert result["protocol"] == "v2" and result["comparisons"]["dreamrelation_vs_direct_lora"]["difference"] in (
+        -1.0, -0.5, 0.0, 0.5, 1.0)
+    assert prompts[:2] == ["a cyan plain triangle orbits a purple banded diamond",
+                           "a purple plain triangle orbits a cyan shaded diamond"]
+    seen = {a for s in V2.exemplar_subjects for a in s}
+    for s1, s2 in V2.test_subjects(24):
+        assert not {*s1, *s2} & seen

@@ -16,18 +16,14 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..archs import SYNTHREL
-from .render import ATTRIBUTES, COLORS, LOOKS, RELATIONS, SHAPES, TEXTURES, Subject, render_clip
+from .protocol import get_protocol
+from .render import ATTRIBUTES, COLORS, LOOKS, RELATIONS, SHAPES, TEXTURES, Look, Subject, render_clip
 
 HELD_OUT = ("pushes", "orbits")
 KNOWN = tuple(r for r in RELATIONS if r not in HELD_OUT)
 # Strong word order and neighbour context: without them the base cannot tell which colour is which subject.
 TEXT_ENCODING = dict(position_scale=1.0, context=0.5)
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "synthrel_base.safetensors"
-# What each protocol's base is pretrained on (docs/method.md). v2: textured subjects on 40×40 frames (5×5 tokens of
-# 8×8 pixels a frame; 48×48 cost 2.3× the step time of 32×32 here, 40×40 1.5×), captions naming a random subset of
-# each subject's attributes.
-PROTOCOLS = {"v1": dict(frames=9, size=(32, 32), look="v1", textured=False),
-             "v2": dict(frames=9, size=(40, 40), look="v2", textured=True)}
 # v2 captions: both subjects named whole in half the clips, "a shape" in 0.15, any other subset of attributes else.
 FULL_NAMING, GENERIC_NAMING = 0.5, 0.15
 
@@ -87,7 +83,7 @@ def random_naming(rng: random.Random) -> tuple:
 
 
 def random_clip(rng: random.Random, relations=KNOWN, frames: int = SYNTHREL.default_frames,
-                size=SYNTHREL.default_size, look: str = "v1", textured: bool = False):
+                size=SYNTHREL.default_size, look: Look = LOOKS["v1"], textured: bool = False):
     """(video [3, F, H, W] in [-1, 1], caption) of a random relation with two random distinct-colour subjects;
     `textured` (v2): random textures too, and captions naming a random subset of attributes (`random_naming`)."""
     relation = rng.choice(relations)
@@ -97,7 +93,7 @@ def random_clip(rng: random.Random, relations=KNOWN, frames: int = SYNTHREL.defa
         named = (random_naming(rng), random_naming(rng))
     else:
         s1, s2, named = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES)), (None, None)
-    video, _, caption = render_clip(relation, s1, s2, frames, size, rng.randrange(1 << 30), LOOKS[look], *named)
+    video, _, caption = render_clip(relation, s1, s2, frames, size, rng.randrange(1 << 30), look, *named)
     return torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1, caption
 
 
@@ -105,7 +101,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
              caption_dropout: float = 0.1, sigma_shift: float = 2.0, ema_decay: float = 0.999,
              checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None,
              protocol: str = "v1") -> Path:
-    """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips (PROTOCOLS);
+    """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips;
     resumes from `out` if it holds a
     checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
     `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`.
@@ -120,8 +116,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     from ..flow import noisy_latents, velocity_target
     from ..losses import as_random_state
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
+    clip = get_protocol(protocol)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = build_synthrel_base(weights=None, seed=seed)
@@ -147,7 +142,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     bar = tqdm(total=end, initial=step, desc="pretraining SynthRel base", disable=not progress)
     log = open(out / "log.jsonl", "a")
     while step < end:
-        clips = [random_clip(rng, **PROTOCOLS[protocol]) for _ in range(batch)]
+        clips = [random_clip(rng, KNOWN, clip.frames, clip.size, clip.look, clip.textured) for _ in range(batch)]
         z0, _ = base.codec.encode(torch.stack([c[0] for c in clips]))
         text, mask = base.text_encoder.encode([c[1] for c in clips])
         drop = torch.rand(batch, generator=generator) < caption_dropout

@@ -1,11 +1,13 @@
 """The SynthRel quality benchmark: does a method learn a held-out relation without copying the exemplars' looks?
 
-For each held-out relation: exemplars whose subjects come from only two appearance pairs (colours EXEMPLAR_COLOURS),
-a relation LoRA trained per method, then prompts with unseen subject pairs (the other colours) × seeds, judged by
-the evaluator: relation accuracy (mean ± spread over seeds), appearance leakage (an exemplar colour shows up),
-subjects present. Methods: DreamRelation, direct LoRA (all Q/K/V/out, no masks, no RCL, applied whole — the
-paper's baseline), the paper's ablations without hybrid masks, without RCL and without subject LoRAs, and the
-untrained base; and, as a diagnostic, the DreamRelation triplet applied with its subject LoRAs kept.
+For each held-out relation: exemplars whose subjects come from only two appearance pairs (the protocol's,
+protocol.py), a relation LoRA trained per method, then prompts with unseen subject pairs × seeds, judged by the
+evaluator: relation accuracy (mean ± spread over seeds), appearance leakage (an exemplar colour or texture shows
+up), subjects present, prompt fidelity (every named attribute rendered). Methods: DreamRelation with the reference
+placement and with each other placement of the roles, direct LoRA (all Q/K/V/out, no masks, no RCL, applied
+whole — the paper's baseline), the paper's ablations without hybrid masks, without RCL and without subject LoRAs,
+and the untrained base; and, as a diagnostic, the DreamRelation triplet applied with its subject LoRAs kept.
+"Beyond noise" is a paired bootstrap over the judged clips (same relation, prompt and seed for both methods).
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ from ..archs import INFERENCE_ROLES, ROLES, SYNTHREL
 from ..config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..triplet import TripletConfig
 from .base import HELD_OUT, build_synthrel_base
+from .protocol import V1, Protocol
 from .render import COLORS, SHAPES, caption as make_caption, write_exemplars
 
-FRAMES, SIZE = SYNTHREL.default_frames, SYNTHREL.default_size
+# The protocol of the shipped base, which the demo, the nodes and workflow 4 use (v1 until the v2 base is trained).
+PROTOCOL = V1
+FRAMES, SIZE = PROTOCOL.frames, PROTOCOL.size
 STEPS, CFG = SYNTHREL.sample_steps, SYNTHREL.sample_cfg        # how every SynthRel clip here is sampled
 # LoRA training steps per method (benchmark, demo, workflow 4's widget). On the 48k-step base a LoRA rendered
 # "pushes" on its own training subjects in 1 of 6 clips at 300 steps, 3 of 6 at 1500; on the shipped 72k base more
@@ -34,12 +39,15 @@ TRAIN_STEPS = 1500
 # From 0.4 up, the relation's trajectories get the updates and the exemplars' colours fewer (docs/benchmarks.md).
 TRAIN_SIGMA_MIN = 0.4
 PROMPTS = 8               # unseen subject pairs per relation, each sampled with every seed
-EXEMPLAR_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "triangle"), ("yellow", "diamond"))]
-EXEMPLAR_COLOURS = sorted({s[0] for pair in EXEMPLAR_PAIRS for s in pair})
-TEST_COLOURS = sorted(set(COLORS) - set(EXEMPLAR_COLOURS))
+EXEMPLAR_PAIRS = list(PROTOCOL.exemplar_pairs)
+EXEMPLAR_COLOURS = sorted({s[0] for s in PROTOCOL.exemplar_subjects})
+TEST_COLOURS = PROTOCOL.test_colours
+test_subjects = PROTOCOL.test_subjects
+BOOTSTRAP_RESAMPLES = 10000
 METHODS = {
     # name: (training overrides, roles applied at inference); methods with the same overrides share one training run
     "dreamrelation": ({}, INFERENCE_ROLES),
+    **{f"dreamrelation_{p}": ({"placement": p}, INFERENCE_ROLES) for p in SYNTHREL.placements if p != "reference"},
     "dreamrelation_all_roles": ({}, ROLES),       # diagnostic: the same triplet, subject LoRAs kept at inference
     "direct_lora": ({"hybrid_masks": False, "rcl": False}, ROLES),
     "no_hmt": ({"hybrid_masks": False}, INFERENCE_ROLES),
@@ -49,20 +57,13 @@ METHODS = {
 }
 
 
-def test_subjects(count: int):
-    """Unseen subject pairs: test colours only, every shape combination in turn."""
-    pairs = []
-    for k in range(count):
-        c1, c2 = TEST_COLOURS[k % 2], TEST_COLOURS[(k + 1) % 2]
-        pairs.append(((c1, SHAPES[k % len(SHAPES)]), (c2, SHAPES[(k // len(SHAPES) + 1 + k) % len(SHAPES)])))
-    return pairs
-
-
-def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: int) -> RunConfig:
+def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: int,
+               protocol: Protocol = PROTOCOL) -> RunConfig:
     return RunConfig(
         base="synthrel", name="relation", output_dir=str(out), device="cpu",
-        data=DataConfig(videos=str(exemplars), frames=FRAMES, height=SIZE[0], width=SIZE[1]),
-        lora=TripletConfig(rank=8, alpha=8),
+        data=DataConfig(videos=str(exemplars), frames=protocol.frames, height=protocol.size[0],
+                        width=protocol.size[1]),
+        lora=TripletConfig(rank=8, alpha=8, placement=overrides.get("placement")),
         train=TrainConfig(steps=steps, learning_rate=1e-3, warmup_steps=min(50, steps // 5), checkpoint_every=0,
                           sigma_min=TRAIN_SIGMA_MIN,
                           gradient_checkpointing=False, hybrid_masks=overrides.get("hybrid_masks", True),
@@ -71,34 +72,58 @@ def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: in
         sample=SampleConfig())
 
 
-def sample_clip(base, prompt: str, seed: int, steps: int, cfg: float):
+def sample_clip(base, prompt: str, seed: int, steps: int, cfg: float, protocol: Protocol = PROTOCOL):
     from ..sampling import generate, to_uint8_frames
 
-    return to_uint8_frames(generate(base, prompt, FRAMES, SIZE[0], SIZE[1], steps, cfg, seed, progress=False))
+    height, width = protocol.size
+    return to_uint8_frames(generate(base, prompt, protocol.frames, height, width, steps, cfg, seed, progress=False))
 
 
-def judge(base, relation: str, pairs, seeds, steps: int, cfg: float) -> dict:
-    """Evaluator verdicts for every (pair, seed) sample of `base` (with whatever LoRA is active)."""
+def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = PROTOCOL) -> dict:
+    """Evaluator verdicts for every (pair, seed) sample of `base` (with whatever LoRA is active); `clips` keeps
+    each verdict in (pair, seed) order for paired comparisons."""
     from .evaluate import evaluate_video
 
-    exemplar_subjects = [s for pair in EXEMPLAR_PAIRS for s in pair]
-    per_seed, leaked, present = {s: [] for s in seeds}, [], []
+    per_seed, clips = {s: [] for s in seeds}, []
     for s1, s2 in pairs:
         prompt = make_caption(relation, s1, s2)
         for seed in seeds:
-            verdict = evaluate_video(sample_clip(base, prompt, seed, steps, cfg), s1, s2, exemplar_subjects)
+            verdict = evaluate_video(sample_clip(base, prompt, seed, steps, cfg, protocol), s1, s2,
+                                     protocol.exemplar_subjects)
             per_seed[seed].append(verdict["relation"] == relation)
-            leaked.append(bool(verdict["leaked"]))
-            present.append(verdict["subjects_present"])
+            clips.append({"relation": verdict["relation"] == relation, "leaked": bool(verdict["leaked"]),
+                          "present": verdict["subjects_present"], "attributes": verdict["attributes_match"]})
     accuracies = [sum(v) / len(v) for v in per_seed.values()]
     return {"relation_accuracy": statistics.mean(accuracies),
             "relation_accuracy_spread": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
-            "per_seed": accuracies, "leakage": sum(leaked) / len(leaked), "subjects_present": sum(present) / len(present)}
+            "per_seed": accuracies, "clips": clips, **{name: statistics.mean(c[key] for c in clips) for name, key in
+                                                       (("leakage", "leaked"), ("subjects_present", "present"),
+                                                        ("attributes_match", "attributes"))}}
+
+
+def paired_bootstrap(a, b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Mean of a − b over paired 0/1 outcomes with its 95% percentile bootstrap interval; `beyond_noise` when the
+    interval excludes 0."""
+    import numpy as np
+
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"paired_bootstrap needs two equally long, non-empty outcome lists (got {len(a)}, {len(b)})")
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    means = diff[np.random.default_rng(seed).integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+            "beyond_noise": bool(low > 0 or high < 0)}
+
+
+def compare(results: dict, a: str, b: str, key: str = "relation") -> dict:
+    """paired_bootstrap of methods `a` and `b` over every judged clip of every relation."""
+    outcomes = {m: [c[key] for r in results[m]["per_relation"].values() for c in r["clips"]] for m in (a, b)}
+    return paired_bootstrap(outcomes[a], outcomes[b])
 
 
 def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, steps: int = TRAIN_STEPS,
               prompts: int = PROMPTS, seeds=(0, 1, 2), sample_steps: int = STEPS, cfg: float = CFG,
-              progress: bool = True) -> dict:
+              progress: bool = True, protocol: Protocol = PROTOCOL) -> dict:
     """Train every method on every held-out relation and judge it; returns the JSON-able result."""
     from ..trainer import RelationTrainer
     from ..triplet import activate
@@ -106,26 +131,28 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
     results = {m: {"per_relation": {}} for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         for relation in relations:
-            folder = write_exemplars(Path(tmp) / relation.replace(" ", "_"), relation, exemplars, EXEMPLAR_PAIRS,
-                                     frames=FRAMES, size=SIZE)
-            pairs = test_subjects(prompts)
+            folder = write_exemplars(Path(tmp) / relation.replace(" ", "_"), relation, exemplars,
+                                     protocol.exemplar_pairs, protocol.frames, protocol.size, look=protocol.look,
+                                     named=protocol.exemplar_naming, lossless=protocol.lossless)
+            pairs = protocol.test_subjects(prompts)
             trained = {}      # training overrides -> (base with the trained triplet, seconds it took)
             for method in methods:
                 overrides, roles = METHODS[method]
                 if overrides is None:
-                    base, train_seconds = build_synthrel_base(), 0.0
+                    base, train_seconds = build_synthrel_base(protocol.weights), 0.0
                 else:
                     key = json.dumps(overrides, sort_keys=True)
                     if key not in trained:
                         start = time.time()
-                        config = run_config(Path(tmp) / f"{relation}_{method}", folder, steps, overrides, seed=0)
+                        config = run_config(Path(tmp) / f"{relation}_{method}", folder, steps, overrides, 0,
+                                            protocol)
                         trainer = RelationTrainer(config, progress=progress)
                         trainer.train()
                         trained[key] = (trainer.backend.base, time.time() - start)
                     base, train_seconds = trained[key]
                 activate(base.transformer, roles)
                 base.transformer.eval()
-                verdict = judge(base, relation, pairs, seeds, sample_steps, cfg)
+                verdict = judge(base, relation, pairs, seeds, sample_steps, cfg, protocol)
                 verdict["train_seconds"] = train_seconds
                 results[method]["per_relation"][relation] = verdict
     for method, result in results.items():
@@ -134,11 +161,27 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
         result["relation_accuracy_spread"] = statistics.mean(v["relation_accuracy_spread"] for v in rel)
         result["leakage"] = statistics.mean(v["leakage"] for v in rel)
         result["subjects_present"] = statistics.mean(v["subjects_present"] for v in rel)
+        result["attributes_match"] = statistics.mean(v["attributes_match"] for v in rel)
         result["train_seconds"] = statistics.mean(v["train_seconds"] for v in rel)
-    return {"methods": results, "relations": list(relations), "exemplars": exemplars, "steps": steps,
+    placements = {}
+    for method in methods:
+        overrides = METHODS[method][0]
+        if method == "dreamrelation" or (overrides and set(overrides) == {"placement"}):
+            name = overrides.get("placement", "reference")
+            placements[name] = {"method": method, **{k: results[method][k] for k in ("relation_accuracy", "leakage")}}
+            if method != "dreamrelation" and "dreamrelation" in results:
+                placements[name]["vs_reference"] = compare(results, method, "dreamrelation")
+                placements[name]["leakage_vs_reference"] = compare(results, method, "dreamrelation", "leaked")
+    comparisons = {}
+    if {"dreamrelation", "direct_lora"} <= set(results):
+        comparisons["dreamrelation_vs_direct_lora"] = compare(results, "dreamrelation", "direct_lora")
+    return {"protocol": protocol.name, "methods": results, "placements": placements, "comparisons": comparisons,
+            "relations": list(relations), "exemplars": exemplars, "steps": steps,
             "train_sigma_min": TRAIN_SIGMA_MIN, "prompts": prompts, "seeds": list(seeds),
-            "sample_steps": sample_steps, "cfg": cfg, "exemplar_colours": EXEMPLAR_COLOURS,
-            "test_colours": TEST_COLOURS}
+            "sample_steps": sample_steps, "cfg": cfg,
+            "exemplar_subjects": [list(s) for s in protocol.exemplar_subjects],
+            "exemplar_colours": sorted({s[0] for s in protocol.exemplar_subjects}),
+            "test_colours": protocol.test_colours}
 
 
 def markdown(result: dict) -> str:
@@ -150,41 +193,56 @@ def markdown(result: dict) -> str:
              f"subjects (colours {', '.join(result['test_colours'])}) × seeds {result['seeds']}; "
              f"{result['sample_steps']} Euler steps, CFG {result['cfg']}.",
              "",
-             "| method | relation accuracy (mean ± spread over seeds) | leakage | subjects present | train s |",
-             "|---|---|---|---|---|"]
+             "| method | relation accuracy (mean ± spread over seeds) | leakage | subjects present | named "
+             "attributes rendered | train s |",
+             "|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
         lines.append(f"| {name} | {m['relation_accuracy']:.3f} ± {m['relation_accuracy_spread']:.3f} | "
-                     f"{m['leakage']:.3f} | {m['subjects_present']:.3f} | {m['train_seconds']:.0f} |")
+                     f"{m['leakage']:.3f} | {m['subjects_present']:.3f} | {m.get('attributes_match', 0.0):.3f} | "
+                     f"{m['train_seconds']:.0f} |")
+    pairs = [(f"{p} − reference", v["vs_reference"]) for p, v in result.get("placements", {}).items()
+             if "vs_reference" in v] + [("dreamrelation − direct_lora", c) for c in
+                                        result.get("comparisons", {}).values()]
+    if pairs:
+        lines += ["", "Paired bootstrap of the relation accuracy difference over the same judged clips (95% "
+                      "interval; beyond noise when it excludes 0):", "",
+                  "| comparison | difference | 95% interval | beyond noise |", "|---|---|---|---|"]
+        lines += [f"| {name} | {c['difference']:+.3f} | [{c['low']:+.3f}, {c['high']:+.3f}] | "
+                  f"{'yes' if c['beyond_noise'] else 'no'} |" for name, c in pairs]
     return "\n".join(lines)
 
 
 def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int = STEPS, cfg: float = CFG,
-                progress: bool = True) -> dict:
-    """Per-relation accuracy of the pretrained base on random subject pairs: known relations should be rendered
-    well, held-out ones should not be."""
+                progress: bool = True, protocol: Protocol = PROTOCOL) -> dict:
+    """Per-relation accuracy of the pretrained base on random subject pairs (named whole): known relations should be
+    rendered well, held-out ones should not be, and the named attributes should show (prompt fidelity)."""
     import random
 
     from tqdm.auto import tqdm
 
     from .evaluate import evaluate_video
-    from .render import RELATIONS
+    from .render import RELATIONS, TEXTURES, Subject
 
-    base = build_synthrel_base()
+    base = build_synthrel_base(protocol.weights)
     rng = random.Random(1234)
     report = {}
     for relation in tqdm(list(RELATIONS), desc="base per relation", disable=not progress):
-        hits = present = total = 0
+        hits = present = attributes = total = 0
         for _ in range(prompts_per_relation):
             c1, c2 = rng.sample(sorted(COLORS), 2)
-            s1, s2 = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES))
+            if protocol.textured:
+                s1, s2 = (Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in (c1, c2))
+            else:
+                s1, s2 = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES))
             for seed in seeds:
-                verdict = evaluate_video(sample_clip(base, make_caption(relation, s1, s2), seed, sample_steps, cfg),
-                                         s1, s2)
+                clip = sample_clip(base, make_caption(relation, s1, s2), seed, sample_steps, cfg, protocol)
+                verdict = evaluate_video(clip, s1, s2)
                 hits += verdict["relation"] == relation
                 present += verdict["subjects_present"]
+                attributes += verdict["attributes_match"]
                 total += 1
         report[relation] = {"relation_accuracy": hits / total, "subjects_present": present / total,
-                            "held_out": relation in HELD_OUT}
+                            "attributes_match": attributes / total, "held_out": relation in HELD_OUT}
     return report
 
 
@@ -195,9 +253,9 @@ def base_markdown(report: dict) -> str:
              f"Known relations: mean relation accuracy **{statistics.mean(known):.3f}**; held-out relations are "
              "not in its training data.",
              "",
-             "| relation | held out | relation accuracy | subjects present |",
-             "|---|---|---|---|"]
+             "| relation | held out | relation accuracy | subjects present | named attributes rendered |",
+             "|---|---|---|---|---|"]
     for name, v in report.items():
         lines.append(f"| {name} | {'yes' if v['held_out'] else ''} | {v['relation_accuracy']:.3f} | "
-                     f"{v['subjects_present']:.3f} |")
+                     f"{v['subjects_present']:.3f} | {v.get('attributes_match', 0.0):.3f} |")
     return "\n".join(lines)
