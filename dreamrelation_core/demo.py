@@ -1,52 +1,97 @@
 """The no-download demo: learn a relation the SynthRel base has never seen from 8 exemplars, then render it with
-subjects the exemplars never showed — exemplars | base | DreamRelation side by side, metrics and the LoRA."""
+subjects the exemplars never showed. It writes a grid, one row per seed: exemplar | base | DreamRelation | direct
+LoRA, each clip labelled with the evaluator's verdict; the metrics; and the relation LoRA."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 DEMO_RELATION = "pushes"
+DEMO_SEEDS = (0, 1, 2, 3)          # fixed before any result was seen, never picked by outcome
+COLUMNS = ("exemplar", "base", "dreamrelation", "direct_lora")
+LABEL_HEIGHT = 14
 
 
-def _upscale(frames: np.ndarray, factor: int = 4) -> np.ndarray:
-    return frames.repeat(factor, axis=1).repeat(factor, axis=2)
+def _cell(frames: np.ndarray, label: str, ok: bool | None, factor: int = 4) -> np.ndarray:
+    """Frames upscaled `factor`× under a label strip (green: the prompt's relation seen, red: not, grey: none)."""
+    big = frames.repeat(factor, axis=1).repeat(factor, axis=2)
+    strip = np.zeros((len(big), LABEL_HEIGHT, big.shape[2], 3), np.uint8)
+    strip[:] = {True: (20, 110, 40), False: (120, 30, 30), None: (60, 60, 60)}[ok]
+    for frame in strip:
+        cv2.putText(frame, label, (3, LABEL_HEIGHT - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return np.concatenate([strip, big], axis=1)
 
 
-def run_demo(out: Path, steps: int | None = None, progress: bool = True, relation: str = DEMO_RELATION) -> dict:
-    """Write exemplars of the held-out `relation`, train DreamRelation `steps` steps (default: the quality
-    benchmark's) on the SynthRel base, sample the base and the relation LoRA on unseen subjects, judge both with the
-    evaluator. Returns the written paths."""
+def run_demo(out: Path, steps: int | None = None, progress: bool = True, relation: str = DEMO_RELATION,
+             protocol=None, seeds=DEMO_SEEDS) -> dict:
+    """Write exemplars of the held-out `relation`, train DreamRelation and direct LoRA `steps` steps each (default:
+    the quality benchmark's) on the SynthRel base of `protocol` (default: the shipped base's), sample the base and
+    both LoRAs on one unseen subject pair with every seed, judge each clip. Returns the written paths."""
+    from tqdm.auto import tqdm
+
+    from .archs import INFERENCE_ROLES, ROLES
+    from .synthrel import quality
     from .synthrel.base import build_synthrel_base
-    from .synthrel.quality import (CFG, EXEMPLAR_PAIRS, FRAMES, SIZE, STEPS, TRAIN_STEPS, judge, run_config,
-                                    sample_clip, test_subjects)
+    from .synthrel.evaluate import evaluate_video
     from .synthrel.render import caption, write_exemplars
     from .trainer import RelationTrainer
+    from .triplet import activate
     from .videoio import read_video, write_video
 
+    protocol = protocol or quality.PROTOCOL
     out = Path(out)
-    exemplars = write_exemplars(out / "exemplars", relation, 8, EXEMPLAR_PAIRS, frames=FRAMES, size=SIZE)
-    pairs = test_subjects(2)
-    prompt = caption(relation, *pairs[0])
-    base = build_synthrel_base()
-    before = sample_clip(base, prompt, 0, STEPS, CFG)
-    metrics = {"relation": relation, "prompt": prompt, "base": judge(base, relation, pairs, (0, 1), STEPS, CFG)}
+    exemplars = write_exemplars(out / "exemplars", relation, 8, protocol.exemplar_pairs, protocol.frames,
+                                protocol.size, look=protocol.look, named=protocol.exemplar_naming,
+                                lossless=protocol.lossless)
+    subjects = protocol.test_subjects(1)[0]
+    prompt = caption(relation, *subjects)
+    steps = quality.TRAIN_STEPS if steps is None else steps
+    models, loras = {"base": (build_synthrel_base(protocol.weights), ())}, {}
+    for method, overrides, roles in (("dreamrelation", {}, INFERENCE_ROLES),
+                                     ("direct_lora", {"hybrid_masks": False, "rcl": False}, ROLES)):
+        folder = out if method == "dreamrelation" else out / method
+        config = quality.run_config(folder, exemplars, steps, overrides, 0, protocol)
+        trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights), progress=progress)
+        loras[method] = trainer.train()
+        models[method] = (trainer.backend.base, roles)
 
-    config = run_config(out, exemplars, TRAIN_STEPS if steps is None else steps, {}, seed=0)
-    trainer = RelationTrainer(config, progress=progress)
-    lora = trainer.train()
-    trainer.backend.activate(("relation", "ffn"))
-    trained = trainer.backend.base
-    after = sample_clip(trained, prompt, 0, STEPS, CFG)
-    metrics["dreamrelation"] = judge(trained, relation, pairs, (0, 1), STEPS, CFG)
-
-    exemplar, _ = read_video(exemplars / "clip_00.mp4")
-    side_by_side = np.concatenate([_upscale(exemplar[:len(before)]), _upscale(before), _upscale(after)], axis=2)
-    video = write_video(out / "exemplar_base_dreamrelation.gif", side_by_side, fps=8)
+    metrics = {"relation": relation, "prompt": prompt, "seeds": list(seeds), "protocol": protocol.name}
+    cells = {name: [] for name in COLUMNS}
+    for row, seed in enumerate(seeds):
+        exemplar, _ = read_video(exemplars / (f"clip_{row % 8:02d}" + ("" if protocol.lossless else ".mp4")))
+        cells["exemplar"].append(_cell(exemplar[:protocol.frames], "exemplar", None))
+    bar = tqdm(total=len(models) * len(seeds), desc="sampling the demo grid", disable=not progress)
+    for name, (base, roles) in models.items():
+        base.transformer.eval()
+        if roles:
+            activate(base.transformer, roles)
+        verdicts = []
+        for seed in seeds:
+            clip = quality.sample_clip(base, prompt, seed, quality.STEPS, quality.CFG, protocol)
+            verdict = evaluate_video(clip, *subjects, protocol.exemplar_subjects)
+            verdicts.append(verdict)
+            seen = verdict["relation"] or "no relation"
+            cells[name].append(_cell(clip, f"{name}: {seen}" + (" LEAK" if verdict["leaked"] else ""),
+                                     verdict["relation"] == relation))
+            bar.update(1)
+        metrics[name] = {"relation_accuracy": sum(v["relation"] == relation for v in verdicts) / len(verdicts),
+                         "leakage": sum(bool(v["leaked"]) for v in verdicts) / len(verdicts),
+                         "attributes_match": sum(v["attributes_match"] for v in verdicts) / len(verdicts),
+                         "verdicts": [{"seed": s, "relation": v["relation"], "leaked": v["leaked"]}
+                                      for s, v in zip(seeds, verdicts)]}
+    bar.close()
+    grid = np.concatenate([np.concatenate([cells[name][row] for name in COLUMNS], axis=2)
+                           for row in range(len(seeds))], axis=1)
+    video = write_video(out / "demo_grid.gif", grid, fps=4)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if progress:
-        for name in ("base", "dreamrelation"):
+        print(f"prompt: {prompt!r}, seeds {list(seeds)}")
+        for name in models:
             m = metrics[name]
             print(f"{name:14s} relation accuracy {m['relation_accuracy']:.2f}  leakage {m['leakage']:.2f}")
-    return {"lora": lora, "video": video, "metrics": out / "metrics.json", "log": out / "log.jsonl"}
+    return {"lora": loras["dreamrelation"], "video": video, "metrics": out / "metrics.json",
+            "log": out / "log.jsonl"}

@@ -85,9 +85,14 @@ def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
 
     from dreamrelation_core.demo import run_demo
 
+    from dreamrelation_core.demo import LABEL_HEIGHT
+
     result = run_demo(tmp_path, steps=2, progress=False)
     frames, _ = read_video(result["video"])
-    assert frames.shape == (9, 128, 384, 3) and result["lora"].is_file()
+    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA, 32×32 clips upscaled 4× under a label strip
+    assert frames.shape == (9, 4 * (LABEL_HEIGHT + 128), 4 * 128, 3) and result["lora"].is_file()
     metrics = json.loads(result["metrics"].read_text())
-    assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "prompt"}
+    assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "direct_lora", "prompt"}
+    assert metrics["seeds"] == [0, 1, 2, 3] and len(metrics["direct_lora"]["verdicts"]) == 4
     assert 0.0 <= metrics["dreamrelation"]["relation_accuracy"] <= 1.0
+    assert (tmp_path / "direct_lora" / "relation.safetensors").is_file()

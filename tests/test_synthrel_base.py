@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dreamrelation_core.archs import SYNTHREL
@@ -54,3 +55,29 @@ def test_pretraining_resumes_where_it_stopped(tmp_path):
     report = {r: {"relation_accuracy": 0.5, "subjects_present": 1.0, "held_out": r in HELD_OUT} for r in KNOWN + HELD_OUT}
     card = model_card(tmp_path / "a", report)
     assert "(99 layers" in card and card.count("| 0.500 | 1.000 |") == 8
+
+
+def test_v2_pretraining_draws_textured_clips_and_partial_captions(tmp_path):
+    import json
+    import random
+
+    from dreamrelation_core.synthrel.base import model_card
+    from dreamrelation_core.synthrel.protocol import V2
+    from dreamrelation_core.synthrel.render import parse_caption
+
+    rng = random.Random(0)
+    clips = [random_clip(rng, KNOWN, V2.frames, V2.size, V2.look, V2.textured) for _ in range(200)]
+    assert all(video.shape == (3, 9, 40, 40) for video, _ in clips)
+    specs = [s for _, text in clips for s in parse_caption(text)[1:]]
+    named = [sum(a is not None for a in s) for s in specs]
+    assert 0.4 < named.count(3) / len(named) < 0.6 and 0.08 < named.count(0) / len(named) < 0.22
+    assert {s.texture for s in specs} >= {"plain", "striped", "dotted", "shaded"}
+    assert all(parse_caption(text)[0] in KNOWN for _, text in clips)
+
+    pretrain(tmp_path, steps=1, batch=1, progress=False, protocol="v2")
+    assert json.loads((tmp_path / "pretrain.json").read_text())["protocol"] == "v2"
+    report = {r: {"relation_accuracy": 0.0, "subjects_present": 0.0, "held_out": r in HELD_OUT} for r in KNOWN}
+    card = model_card(tmp_path, report)
+    assert "9-frame 40×40 SynthRel clips (protocol v2)" in card and "7 textures" in card and "--protocol v2" in card
+    with pytest.raises(ValueError, match="unknown SynthRel protocol 'v3'"):
+        pretrain(tmp_path / "x", steps=1, protocol="v3")

@@ -208,17 +208,21 @@ def model_card(run_dir: Path, report: dict) -> str:
     target = ("the model predicts the clean latent z0, loss on the velocity ε − z0 it implies"
               if settings.get("prediction") == "x0" else "target ε − z0")
     t = settings.get("transformer", SYNTHREL.tiny_transformer)   # runs written before it was recorded
+    clip = get_protocol(settings.get("protocol", "v1"))
     lines = ["# SynthRel base (tiny Wan transformer)", "",
              f"A `WanTransformer3DModel` ({t['num_layers']} layers, width "
              f"{t['num_attention_heads'] * t['attention_head_dim']}, {t['num_attention_heads']} heads, patch "
              f"{'×'.join(map(str, t['patch_size']))}; text: hashed words with their position and neighbours, "
-             f"{t['text_dim']}-d) that renders 9-frame 32×32 SynthRel clips through a fixed 2×2 space-to-depth "
+             f"{t['text_dim']}-d) that renders {clip.frames}-frame {clip.size[0]}×{clip.size[1]} SynthRel clips "
+             f"(protocol {clip.name}) through a fixed 2×2 space-to-depth "
              "pixel map (no VAE).", "",
              "## Data and training", "",
              f"- Relations: {', '.join(settings['known'])}. Held out (never seen): "
              f"{', '.join(settings['held_out'])}.",
              "- Clips rendered on the fly: random relation, two random distinct-colour subjects "
-             "(6 colours × 4 shapes), random sizes, placements, mirroring and backgrounds.",
+             + ("(6 colours × 7 textures × 4 shapes; captions name all of a subject's attributes in half the clips, "
+                "none ('a shape') in 0.15, another subset otherwise)" if clip.textured else
+                "(6 colours × 4 shapes)") + ", random sizes, placements, mirroring and backgrounds.",
              f"- Flow matching (σ = s·u / (1 + (s − 1)·u), u ~ U(0, 1), shift s = {settings.get('sigma_shift', 1.0)}; "
              f"{target}), AdamW lr {settings['lr']} "
              f"({settings.get('schedule', '200 warm-up, cosine')}), weight decay 0.01, batch {settings['batch']}, "
@@ -227,7 +231,9 @@ def model_card(run_dir: Path, report: dict) -> str:
              + (f"; the weights are an EMA (decay {settings['ema_decay']})." if "ema_decay" in settings else "."),
              "- Reproduce: " + settings.get("reproduce", "`python -m dreamrelation_core pretrain-synthrel --out "
                                              f"runs/synthrel_base --steps {settings['steps']} --batch "
-                                             f"{settings['batch']} --lr {settings['lr']} --seed {settings['seed']}`") + ".",
+                                             f"{settings['batch']} --lr {settings['lr']} --seed {settings['seed']}"
+                                             + (f" --protocol {clip.name}" if clip.name != "v1" else "") + "`")
+             + ".",
              "", "## Loss curve", "", "| step | mean loss |", "|---|---|"]
     lines += [f"| {step} | {loss:.4f} |" for step, loss in curve]
     lines += ["", "## What it renders (evaluator, before any relation LoRA)", "",

@@ -146,7 +146,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                         start = time.time()
                         config = run_config(Path(tmp) / f"{relation}_{method}", folder, steps, overrides, 0,
                                             protocol)
-                        trainer = RelationTrainer(config, progress=progress)
+                        trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights),
+                                                  progress=progress)
                         trainer.train()
                         trained[key] = (trainer.backend.base, time.time() - start)
                     base, train_seconds = trained[key]
