@@ -12,6 +12,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..dreamrelation_core.archs import MODEL_FAMILIES
 from ..dreamrelation_core.config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..dreamrelation_core.data import TrainingItem, prepare_clip
 from ..dreamrelation_core.flow import check_sigma_range
@@ -21,6 +22,9 @@ from ..dreamrelation_core.trainer import RelationTrainer, latest_checkpoint
 from ..dreamrelation_core.triplet import TripletConfig
 from .comfy_backend import SIGMA_FLOOR, ComfyBackend
 from .common import CATEGORY, MAX_RESOLUTION, Exemplars, image_to_uint8
+
+# Role placements any family offers; one a model's family lacks is refused before its exemplars are encoded.
+PLACEMENTS = ["default", *sorted({name for arch in MODEL_FAMILIES.values() for name in arch.placements})]
 
 
 def _clone_conditioning(cond):
@@ -96,6 +100,10 @@ class TrainRelationTriplet(io.ComfyNode):
                 io.Float.Input("sigma_max", default=1.0, min=0.0, max=1.0, step=0.005, optional=True,
                                tooltip="Upper end of the trained noise levels (e.g. 0.875 for Wan 2.2's low-noise "
                                        "expert)."),
+                io.Combo.Input("placement", options=PLACEMENTS, default="default", optional=True,
+                               tooltip="Which modules each role adapts. default: the architecture's (reference: "
+                                       "relation on Q/K, subjects on V, FFN on the attention outputs). Wan also "
+                                       "has reference_mlp, relation_mlp and motion_vo (docs/method.md)."),
             ],
             hidden=[io.Hidden.unique_id],
             outputs=[
@@ -107,13 +115,15 @@ class TrainRelationTriplet(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, exemplars, lora_name, steps, learning_rate, rank, alpha, width, height,
                 length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True,
-                preview_every=0, preview_prompt="", preview_steps=30, sigma_min=0.0, sigma_max=1.0):
+                preview_every=0, preview_prompt="", preview_steps=30, sigma_min=0.0, sigma_max=1.0,
+                placement="default"):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
         check_sigma_range(sigma_min, sigma_max)                 # now, not after the exemplars are encoded
         if not lora_name.strip() or Path(lora_name).name != lora_name:
             raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
-        config = RunConfig(name=lora_name, lora=TripletConfig(rank=rank, alpha=alpha),
+        lora = TripletConfig(rank=rank, alpha=alpha, placement=None if placement == "default" else placement)
+        config = RunConfig(name=lora_name, lora=lora,
                            train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
                                              warmup_steps=min(200, steps // 5),
                                              seed=seed, checkpoint_every=checkpoint_every,

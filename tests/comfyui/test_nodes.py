@@ -128,6 +128,23 @@ def test_train_node_trains_on_the_sigma_range_it_is_given(pack, comfy):
         nodes.TrainRelationTriplet.execute(*args, 0.9, 0.6)
 
 
+def test_train_node_places_the_roles_where_it_is_told(pack, comfy):
+    """placement motion_vo: the saved inference set (relation + ffn) sits on V, the MLP's second layer and O, none
+    of it on Q/K; a placement the model's family lacks is refused by name."""
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes)
+    model = native_model(comfy, "wan")
+    args = (model, FakeClip(), FakeVae(), exemplars, "placed", 2, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0,
+            False, False, 0, "", 30, 0.0, 1.0)
+    _, lora_path = nodes.TrainRelationTriplet.execute(*args, "motion_vo").result
+    with safe_open(lora_path, "pt") as f:
+        modules = {k.split(".", 3)[3].rsplit(".lora_", 1)[0] for k in f.keys() if ".lora_" in k}
+    assert modules == {"self_attn.v", "cross_attn.v", "ffn.2", "self_attn.o", "cross_attn.o"}
+    assert "motion_vo" in nodes.training.PLACEMENTS and "reference" in nodes.training.PLACEMENTS
+    with pytest.raises(ValueError, match="mochi: unknown placement 'motion_vo'"):
+        nodes.TrainRelationTriplet.execute(native_model(comfy, "mochi"), *args[1:], "motion_vo")
+
+
 def test_cancel_leaves_a_checkpoint_that_resumes(pack, comfy):
     nodes = pack["nodes"]
     exemplars = toy_exemplars(nodes)
