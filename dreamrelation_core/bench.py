@@ -97,8 +97,9 @@ def evaluator_markdown(result: dict, degraded: dict) -> str:
              row("crisp", result), row("blurred (σ 0.8) + noise (σ 10)", degraded),
              "",
              "Relations, presence and textures rest on hue, trajectories and brightness patterns fitted with a "
-             "contrast gain, and survive soft, noisy frames; the shape reading (fill ratio and centroid height of "
-             "small blobs) does not, so the quality benchmark reports subject presence and each attribute apart.",
+             "contrast gain, and survive soft, noisy frames. Shapes are read by overlap with rasterised outlines; "
+             "blur still confuses small circles and diamonds, so the quality benchmark reports subject presence "
+             "and each attribute apart.",
              "",
              "Relation confusion, crisp (rows: true relation, columns: evaluator's answer):",
              "", *_confusion_table(result["confusion"], list(RELATIONS) + ["none"]),

@@ -2,7 +2,7 @@
 
 Only what is visible counts: subjects are found by colour (nearest palette hue among saturated, bright enough
 pixels, so both tones of a texture and slightly off colours from a generator match), their shape is read off the
-largest blob (fill ratio, centroid height) and their texture off its pixels' brightness (the texture whose pattern
+largest blob (the best-overlapping rasterised shape) and their texture off its pixels' brightness (the texture whose pattern
 correlates best, `texture_of`). The relation classifier is a fixed set of rules on the two trajectories. All rules
 were fixed on ground-truth renders (docs/benchmarks.md) before any method was judged with them; the evaluator
 never looks at how a video was made.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .render import COLORS, TEXTURES, as_subject, texture_tone
+from .render import COLORS, SHAPES, TEXTURES, as_subject, draw_shape, texture_tone
 
 PALETTE_NAMES = list(COLORS)
 PALETTE = np.array([COLORS[c] for c in PALETTE_NAMES], dtype=np.uint8)
@@ -47,19 +47,30 @@ def colour_map(frame: np.ndarray) -> np.ndarray:
 
 
 def shape_of(mask: np.ndarray) -> str | None:
-    """circle / square / triangle / diamond for one binary blob (None when too small to tell)."""
+    """circle / square / triangle / diamond for one binary blob (None when too small to tell): the shape whose
+    rasterised outline (render.draw_shape), sized and centred by the blob's box within ±1 px, overlaps the blob
+    best (intersection over union). Soft frames grow or shrink a blob by a pixel; that moves every shape's overlap
+    alike, where fill-ratio thresholds flip."""
     ys, xs = np.nonzero(mask)
     if len(xs) < 9:
         return None
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    fill = len(xs) / float(h * w)
-    centre_y = (ys.mean() - ys.min()) / max(1, h - 1)
-    # Small rasterised circles fill ~0.6 of their box, diamonds ~0.5, squares 1; a triangle's mass sits low.
-    if fill > 0.88:
-        return "square"
-    if centre_y > 0.58:
-        return "triangle"
-    return "circle" if fill > 0.55 else "diamond"
+    top, left = ys.min() - 3, xs.min() - 3
+    crop = np.zeros((ys.max() - top + 4, xs.max() - left + 4), bool)
+    crop[ys - top, xs - left] = True
+    cy, cx = (ys.min() + ys.max()) / 2 - top, (xs.min() + xs.max()) / 2 - left
+    radius = int(round(max(ys.max() - ys.min(), xs.max() - xs.min()) / 2))
+    best, best_iou = None, -1.0
+    for shape in SHAPES:
+        for r in (radius - 1, radius, radius + 1):
+            for oy in (-1, 0, 1):
+                for ox in (-1, 0, 1):
+                    outline = np.zeros(crop.shape, np.uint8)
+                    draw_shape(outline, shape, (int(round(cx)) + ox, int(round(cy)) + oy), max(r, 1), 1)
+                    outline = outline.astype(bool)
+                    iou = (outline & crop).sum() / float((outline | crop).sum())
+                    if iou > best_iou:
+                        best, best_iou = shape, iou
+    return best
 
 
 def texture_of(frame: np.ndarray, mask: np.ndarray, colour: str) -> str | None:
