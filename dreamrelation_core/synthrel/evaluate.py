@@ -2,10 +2,10 @@
 
 Only what is visible counts: subjects are found by colour (nearest palette hue among saturated, bright enough
 pixels, so both tones of a texture and slightly off colours from a generator match), their shape is read off the
-largest blob (the best-overlapping rasterised shape) and their texture off its pixels' brightness (the texture whose pattern
-correlates best, `texture_of`). The relation classifier is a fixed set of rules on the two trajectories. All rules
-were fixed on ground-truth renders (docs/benchmarks.md) before any method was judged with them; the evaluator
-never looks at how a video was made.
+largest blob (the best-overlapping rasterised shape, `shape_of`) and their texture off its pixels' brightness
+(the texture whose pattern fits best, `texture_of`). The relation classifier is a fixed set of rules on the two
+trajectories. All rules were fixed on ground-truth renders (docs/benchmarks.md) before any method was judged with
+them; the evaluator never looks at how a video was made.
 """
 from __future__ import annotations
 
