@@ -40,17 +40,17 @@ def evaluator_benchmark(clips_per_relation: int = 50, seed: int = 0, progress: b
     """The SynthRel evaluator on protocol v2 ground truth (random textured subjects, 9 frames of 40×40), crisp or
     `degraded` (blurred and noisy): relation accuracy and confusion, subjects found, and per attribute how often
     the named value is read (texture confusion per frame: what each true texture is read as)."""
-    from .synthrel import COLORS, RELATIONS, SHAPES
+    from .synthrel import RELATIONS
     from .synthrel.evaluate import colour_map, evaluate_video, find
     from .synthrel.protocol import V2
-    from .synthrel.render import TEXTURES, Subject, render_clip
+    from .synthrel.render import TEXTURES, random_pair, render_clip
 
     rng = random.Random(seed)
     confusion, textures = collections.Counter(), collections.Counter()
     counts = collections.Counter()
     jobs = [(r, k) for r in RELATIONS for k in range(clips_per_relation)]
     for relation, k in tqdm(jobs, desc="evaluator on ground truth", disable=not progress):
-        s1, s2 = (Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in rng.sample(sorted(COLORS), 2))
+        s1, s2 = random_pair(rng, textured=True)
         video, _, _ = render_clip(relation, s1, s2, V2.frames, V2.size, rng.randrange(1 << 30), V2.look)
         video = degrade(video, rng) if degraded else video
         result = evaluate_video(video, s1, s2)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..archs import SYNTHREL
 from .protocol import get_protocol
-from .render import ATTRIBUTES, COLORS, LOOKS, RELATIONS, SHAPES, TEXTURES, Look, Subject, render_clip
+from .render import ATTRIBUTES, LOOKS, RELATIONS, Look, random_pair, render_clip
 
 HELD_OUT = ("pushes", "orbits")
 KNOWN = tuple(r for r in RELATIONS if r not in HELD_OUT)
@@ -87,12 +87,8 @@ def random_clip(rng: random.Random, relations=KNOWN, frames: int = SYNTHREL.defa
     """(video [3, F, H, W] in [-1, 1], caption) of a random relation with two random distinct-colour subjects;
     `textured` (v2): random textures too, and captions naming a random subset of attributes (`random_naming`)."""
     relation = rng.choice(relations)
-    c1, c2 = rng.sample(sorted(COLORS), 2)
-    if textured:
-        s1, s2 = (Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in (c1, c2))
-        named = (random_naming(rng), random_naming(rng))
-    else:
-        s1, s2, named = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES)), (None, None)
+    s1, s2 = random_pair(rng, textured)
+    named = (random_naming(rng), random_naming(rng)) if textured else (None, None)
     video, _, caption = render_clip(relation, s1, s2, frames, size, rng.randrange(1 << 30), look, *named)
     return torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1, caption
 
@@ -101,9 +97,8 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
              caption_dropout: float = 0.1, sigma_shift: float = 2.0, ema_decay: float = 0.999,
              checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None,
              protocol: str = "v1") -> Path:
-    """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips;
-    resumes from `out` if it holds a
-    checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
+    """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips; resumes from
+    `out` if it holds a checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
     `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`.
 
     σ is drawn as shift·u / (1 + (shift − 1)·u), u ~ U(0, 1): with shift 2 more of the training goes to σ ≥ 0.5,

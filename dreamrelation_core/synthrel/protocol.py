@@ -32,8 +32,12 @@ class Protocol:
         return [s for pair in self.exemplar_pairs for s in pair]
 
     @property
+    def exemplar_colours(self) -> list:
+        return sorted({s[0] for s in self.exemplar_subjects})
+
+    @property
     def test_colours(self) -> list:
-        return sorted(set(COLORS) - {s[0] for s in self.exemplar_subjects})
+        return sorted(set(COLORS) - set(self.exemplar_colours))
 
     def test_subjects(self, count: int) -> list:
         """`count` subject pairs for test prompts, none of whose colours (v2: and textures and shapes) an

@@ -23,7 +23,7 @@ from ..config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..triplet import TripletConfig
 from .base import HELD_OUT, build_synthrel_base
 from .protocol import V1, Protocol
-from .render import COLORS, SHAPES, caption as make_caption, write_exemplars
+from .render import caption as make_caption, write_exemplars
 
 # The protocol of the shipped base, which the demo, the nodes and workflow 4 use (v1 until the v2 base is trained).
 PROTOCOL = V1
@@ -40,7 +40,7 @@ TRAIN_STEPS = 1500
 TRAIN_SIGMA_MIN = 0.4
 PROMPTS = 8               # unseen subject pairs per relation, each sampled with every seed
 EXEMPLAR_PAIRS = list(PROTOCOL.exemplar_pairs)
-EXEMPLAR_COLOURS = sorted({s[0] for s in PROTOCOL.exemplar_subjects})
+EXEMPLAR_COLOURS = PROTOCOL.exemplar_colours
 TEST_COLOURS = PROTOCOL.test_colours
 test_subjects = PROTOCOL.test_subjects
 BOOTSTRAP_RESAMPLES = 10000
@@ -181,7 +181,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
             "train_sigma_min": TRAIN_SIGMA_MIN, "prompts": prompts, "seeds": list(seeds),
             "sample_steps": sample_steps, "cfg": cfg,
             "exemplar_subjects": [list(s) for s in protocol.exemplar_subjects],
-            "exemplar_colours": sorted({s[0] for s in protocol.exemplar_subjects}),
+            "exemplar_colours": protocol.exemplar_colours,
             "test_colours": protocol.test_colours}
 
 
@@ -222,7 +222,7 @@ def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int =
     from tqdm.auto import tqdm
 
     from .evaluate import evaluate_video
-    from .render import RELATIONS, TEXTURES, Subject
+    from .render import RELATIONS, random_pair
 
     base = build_synthrel_base(protocol.weights)
     rng = random.Random(1234)
@@ -230,11 +230,7 @@ def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int =
     for relation in tqdm(list(RELATIONS), desc="base per relation", disable=not progress):
         hits = present = attributes = total = 0
         for _ in range(prompts_per_relation):
-            c1, c2 = rng.sample(sorted(COLORS), 2)
-            if protocol.textured:
-                s1, s2 = (Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in (c1, c2))
-            else:
-                s1, s2 = (c1, rng.choice(SHAPES)), (c2, rng.choice(SHAPES))
+            s1, s2 = random_pair(rng, protocol.textured)
             for seed in seeds:
                 clip = sample_clip(base, make_caption(relation, s1, s2), seed, sample_steps, cfg, protocol)
                 verdict = evaluate_video(clip, s1, s2)

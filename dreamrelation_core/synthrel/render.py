@@ -46,6 +46,15 @@ def as_subject(subject) -> Subject:
     return Subject(*subject)
 
 
+def random_pair(rng: random.Random, textured: bool):
+    """Two random subjects of distinct colours (the evaluator tracks subjects by colour): (colour, texture, shape)
+    Subjects when `textured`, else plain (colour, shape) pairs. Draws colours, then each subject's texture and shape."""
+    colours = rng.sample(sorted(COLORS), 2)
+    if textured:
+        return tuple(Subject(c, rng.choice(TEXTURES), rng.choice(SHAPES)) for c in colours)
+    return tuple((c, rng.choice(SHAPES)) for c in colours)
+
+
 @dataclass(frozen=True)
 class Look:
     """How a protocol draws: subject half-size max(min_radius, int(short side · U(radius))) pixels, background
