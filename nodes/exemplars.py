@@ -1,8 +1,10 @@
 """Exemplar set: (frames, subject masks, caption) items of one relation, built in the graph or from a folder."""
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import folder_paths
+import torch
 from comfy_api.latest import io
 
 from ..dreamrelation_core.data import discover_exemplars, read_color_masks
@@ -36,7 +38,8 @@ class AddExemplar(io.ComfyNode):
                                 tooltip="Plain caption of the relation, e.g. 'A person is high-fiving a person.'"),
                 Exemplars.Input("exemplars", optional=True, tooltip="Set to add to (empty when not connected)."),
             ],
-            outputs=[Exemplars.Output(display_name="exemplars")],
+            outputs=[Exemplars.Output(display_name="exemplars",
+                                      tooltip="The input set with this exemplar added; chain the next one or Train.")],
         )
 
     @classmethod
@@ -57,19 +60,29 @@ class LoadExemplarFolder(io.ComfyNode):
             description="Loads every exemplar of a folder: videos (or frame folders), <name>.txt captions and "
                         "colour-coded masks in masks/<name>/.",
             inputs=[
-                io.String.Input("folder", default="", tooltip="Folder with the exemplar videos."),
+                io.String.Input("folder", default="",
+                                tooltip="Folder with the exemplar videos: absolute, or relative to ComfyUI's input "
+                                        "folder."),
                 io.String.Input("caption", default="", optional=True,
                                 tooltip="Caption for videos without a <name>.txt."),
                 io.Int.Input("max_frames", default=81, min=1, max=10000,
                              tooltip="Frames read per video (training uses the first ones)."),
             ],
-            outputs=[Exemplars.Output(display_name="exemplars")],
+            outputs=[Exemplars.Output(display_name="exemplars",
+                                      tooltip="Every exemplar of the folder with its masks and caption, for Train.")],
         )
 
     @classmethod
     def execute(cls, folder, caption="", max_frames=81):
+        if not folder.strip():
+            raise ValueError("folder: give the folder of exemplar videos (absolute, or relative to the input folder)")
+        path = Path(folder).expanduser()
+        if not path.is_absolute():                  # as every ComfyUI loader: relative to input/, not to the cwd
+            path = Path(folder_paths.get_input_directory()) / path
+        if not path.is_dir():
+            raise ValueError(f"folder: {path} is not a folder (relative folders are read from the input folder)")
         items = []
-        for ex in discover_exemplars(folder, caption=caption or None):
+        for ex in discover_exemplars(path, caption=caption or None):
             if ex.masks is None:
                 raise ValueError(f"exemplar {ex.name} in {folder} has no masks (expected masks/{ex.name}/)")
             frames, _ = read_video(ex.video, max_frames=max_frames)

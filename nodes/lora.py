@@ -15,7 +15,14 @@ from .common import CATEGORY
 def apply_relation_lora(model, path, strengths: dict):
     """A clone of `model` with each role of the file at `path` patched at its strength, through ComfyUI's own
     LoRA loader on ComfyUI-native keys (one load per role, so strengths stack like chained LoRA loaders)."""
+    if Path(path).name.endswith(".subjects.safetensors"):
+        raise ValueError(f"lora_name: {Path(path).name} holds only the subject LoRAs, which inference leaves off; "
+                         f"choose the relation LoRA {Path(path).name.replace('.subjects.safetensors', '.safetensors')} "
+                         "(subject_strength reads this file beside it)")
     lora = load_lora_with_subjects(path, subjects=any(strengths.get(r) for r in ("subject1", "subject2")))
+    if not {"relation", "ffn"} & set(lora.weights):
+        raise ValueError(f"lora_name: {Path(path).name} holds no relation or FFN LoRAs (it has "
+                         f"{', '.join(sorted(lora.weights)) or 'none'}): choose a relation LoRA")
     arch = native_architecture(model)
     if lora.arch != arch.name:
         raise ValueError(f"{Path(path).name} is a {lora.arch} relation LoRA but the MODEL is {arch.name}")
@@ -48,7 +55,8 @@ class LoadRelationLoRA(io.ComfyNode):
                                tooltip="Experiments only: also apply the subject LoRAs (they carry the exemplars' "
                                        "appearance; DreamRelation leaves them off)."),
             ],
-            outputs=[io.Model.Output(display_name="model")],
+            outputs=[io.Model.Output(display_name="model",
+                                     tooltip="The input model with the relation and FFN LoRAs patched in.")],
         )
 
     @classmethod

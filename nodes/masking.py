@@ -69,8 +69,8 @@ class MaskVideo(io.ComfyNode):
                                  tooltip="Refine tracked boxes to silhouettes with GrabCut."),
             ],
             outputs=[
-                io.Mask.Output(display_name="subject1_mask"),
-                io.Mask.Output(display_name="subject2_mask"),
+                io.Mask.Output(display_name="subject1_mask", tooltip="Subject 1's mask on every frame."),
+                io.Mask.Output(display_name="subject2_mask", tooltip="Subject 2's mask on every frame."),
                 io.Image.Output(display_name="preview", tooltip="Frames with the masks tinted."),
             ],
         )

@@ -42,12 +42,12 @@ class RelationSample(io.ComfyNode):
                 io.Int.Input("length", default=49, min=1, max=MAX_RESOLUTION, step=1,
                              tooltip="Frames: 4k+1 for Wan, 6k+1 for Mochi."),
                 io.Int.Input("steps", default=30, min=1, max=1000, tooltip="Euler steps (paper: 64 for Mochi)."),
-                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1,
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (paper: 6)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed."),
             ],
-            outputs=[io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="images", tooltip="The decoded frames of the video.")],
         )
 
     @classmethod

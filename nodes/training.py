@@ -64,19 +64,23 @@ class TrainRelationTriplet(io.ComfyNode):
                 io.String.Input("lora_name", default="my_relation",
                                 tooltip="File name (without extension) of the relation LoRA in models/loras."),
                 io.Int.Input("steps", default=2400, min=1, max=100000, tooltip="Training steps (paper: 2400)."),
-                io.Float.Input("learning_rate", default=2e-4, min=1e-7, max=1.0, step=1e-5,
+                # Explicit `round` on every float: the frontend snaps a typed value to it (by default to the step, so
+                # a typed 0.01 with step 0.1 became 0 and RCL silently went off), and to the decimals of the step
+                # (so learning_rate steps by 1e-7: with 1e-5 a typed 1e-6 became the minimum).
+                io.Float.Input("learning_rate", default=2e-4, min=1e-7, max=1.0, step=1e-7, round=1e-8,
                                tooltip="AdamW learning rate (warm-up over 200 steps or a fifth of the run, "
                                        "then cosine decay)."),
                 io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank of every role."),
-                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, tooltip="LoRA alpha (scale = alpha/rank)."),
+                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.5, round=0.01,
+                               tooltip="LoRA alpha (scale = alpha/rank)."),
                 io.Int.Input("width", default=832, min=16, max=MAX_RESOLUTION, step=16,
                              tooltip="Training width; exemplars are centre-cropped and resized."),
                 io.Int.Input("height", default=480, min=16, max=MAX_RESOLUTION, step=16, tooltip="Training height."),
                 io.Int.Input("length", default=49, min=1, max=MAX_RESOLUTION, step=1,
                              tooltip="Frames per clip: 4k+1 for Wan, 6k+1 for Mochi (the first frames are used)."),
-                io.Float.Input("mask_weight", default=50.0, min=0.0, max=1000.0,
+                io.Float.Input("mask_weight", default=50.0, min=0.0, max=1000.0, step=0.5, round=0.001,
                                tooltip="Hybrid mask training weight λm (paper: 50)."),
-                io.Float.Input("rcl_weight", default=0.01, min=0.0, max=10.0,
+                io.Float.Input("rcl_weight", default=0.01, min=0.0, max=10.0, step=0.001, round=0.0001,
                                tooltip="Relational contrastive loss weight λ1 (paper: 0.01); 0 turns RCL off."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the whole run."),
                 io.Int.Input("checkpoint_every", default=200, min=0, max=100000,
@@ -93,11 +97,11 @@ class TrainRelationTriplet(io.ComfyNode):
                                         "with a raccoon.'"),
                 io.Int.Input("preview_steps", default=30, min=1, max=1000, optional=True,
                              tooltip="Sampling steps of each preview."),
-                io.Float.Input("sigma_min", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
+                io.Float.Input("sigma_min", default=0.0, min=0.0, max=1.0, step=0.005, round=0.0001, optional=True,
                                tooltip="Train on noise levels σ from sigma_min to sigma_max only (the reference: 0 "
                                        "to 1). E.g. 0.875 to 1 for Wan 2.2's high-noise expert; the SynthRel demo "
                                        "trains from 0.4, where its relation is decided."),
-                io.Float.Input("sigma_max", default=1.0, min=0.0, max=1.0, step=0.005, optional=True,
+                io.Float.Input("sigma_max", default=1.0, min=0.0, max=1.0, step=0.005, round=0.0001, optional=True,
                                tooltip="Upper end of the trained noise levels (e.g. 0.875 for Wan 2.2's low-noise "
                                        "expert)."),
                 io.Combo.Input("placement", options=PLACEMENTS, default="default", optional=True,

@@ -23,7 +23,7 @@ def test_requirements_never_pin_torch():
 
 
 def test_example_config_lists_every_key():
-    """README: examples/relation.yaml lists every config key (with its default, unless a comment says otherwise)."""
+    """README: configs/relation.yaml lists every config key (with its default, unless a comment says otherwise)."""
     import dataclasses
 
     import yaml
@@ -45,6 +45,14 @@ def test_example_config_lists_every_key():
             else:
                 yield prefix + name
 
-    path = ROOT / "examples" / "relation.yaml"
+    path = ROOT / "configs" / "relation.yaml"
     assert sorted(listed(yaml.safe_load(path.read_text()))) == sorted(keys(RunConfig))
     load_config(path)                                                       # and it is a valid config
+
+
+def test_the_pack_has_one_workflow_template_folder():
+    """ComfyUI serves the templates of a pack from the first of these folders that exists, while it lists the JSON
+    files of all of them: a second folder (a YAML `examples/`, say) makes every listed template a 404."""
+    folders = [name for name in ("example_workflows", "example", "examples", "workflow", "workflows")
+               if (ROOT / name).is_dir()]
+    assert folders == ["workflows"]

@@ -18,8 +18,9 @@ ROOT = HERE.parents[1]
 
 
 class ComfyServer:
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
+    def __init__(self, workdir: Path, front_end_root: str | None = None):
+        """`front_end_root`: serve that frontend build (a `static/` folder) instead of the one ComfyUI pins."""
+        self.workdir, self.front_end_root = workdir, front_end_root
         models = workdir / "models"
         for sub in ("diffusion_models", "loras", "vae", "text_encoders"):
             (models / sub).mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,8 @@ class ComfyServer:
              "--extra-model-paths-config", str(self.config), "--disable-auto-launch",
              "--output-directory", str(self.workdir / "output"), "--input-directory", str(self.workdir / "input"),
              "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),
-             "--database-url", "sqlite:///:memory:"],
+             "--database-url", "sqlite:///:memory:",
+             *(["--front-end-root", self.front_end_root] if self.front_end_root else [])],
             cwd=COMFYUI_PATH, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:

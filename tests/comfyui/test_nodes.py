@@ -33,8 +33,11 @@ def test_extension_lists_every_node(pack):
                    "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample",
                    "DreamRelationLoadSynthRelBase", "DreamRelationSynthRelExemplars", "DreamRelationSynthRelEvaluate"}
     for node in ext:
-        for inp in node.define_schema().inputs:
+        schema = node.define_schema()
+        for inp in schema.inputs:
             assert inp.tooltip, f"{node.__name__}.{inp.id} has no tooltip"
+        for out in schema.outputs:
+            assert out.tooltip, f"{node.__name__} output {out.display_name or out.io_type} has no tooltip"
 
 
 def test_comfy_backend_velocity_matches_the_diffusers_convention(pack, comfy):
@@ -104,6 +107,9 @@ def test_train_node_saves_a_lora_that_stock_and_our_loader_apply(pack, comfy, ca
     for k in base:
         assert torch.allclose(weights["ours"][k], weights["stock"][k], atol=1e-6), k
         assert torch.allclose(weights["node"][k], weights["stock"][k], atol=1e-6), k
+    with pytest.raises(ValueError, match=r"toy_relation\.subjects\.safetensors holds only the subject LoRAs.*"
+                                         r"choose the relation LoRA toy_relation\.safetensors"):
+        nodes.LoadRelationLoRA.execute(model, "toy_relation.subjects.safetensors", 1.0, 1.0)
     half = nodes.LoadRelationLoRA.execute(model, "toy_relation.safetensors", 0.5, 0.0).result[0]
     half.patch_model()
     q = "diffusion_model.blocks.0.self_attn.q.weight"
@@ -199,7 +205,7 @@ def test_mask_video_node_sources_and_validation(pack, tmp_path):
         nodes.MaskVideo.execute(images, subject1_box="1,2,3", subject2_box=box2)
 
 
-def test_exemplar_folder_node(pack, tmp_path):
+def test_exemplar_folder_node(pack, tmp_path, monkeypatch):
     from dreamrelation_core.synthrel import write_exemplars
 
     write_exemplars(tmp_path, "approaches", 3, [(("red", "circle"), ("blue", "square"))], frames=9, size=(32, 32))
@@ -207,6 +213,15 @@ def test_exemplar_folder_node(pack, tmp_path):
     assert [i["name"] for i in items] == ["clip_00", "clip_01", "clip_02"]
     assert items[0]["frames"].shape == (9, 32, 32, 3) and items[0]["masks"].shape == (9, 2, 32, 32)
     assert items[0]["caption"] == "a red circle approaches a blue square"
+    # a relative folder is read from ComfyUI's input folder, as every stock loader does, not from the cwd
+    import folder_paths
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path.parent))
+    relative = pack["nodes"].LoadExemplarFolder.execute(tmp_path.name, "", 81).result[0]
+    assert [i["name"] for i in relative] == ["clip_00", "clip_01", "clip_02"]
+    with pytest.raises(ValueError, match=r"folder: .*no_such_folder is not a folder"):
+        pack["nodes"].LoadExemplarFolder.execute("no_such_folder", "", 81)
+    with pytest.raises(ValueError, match="folder: give the folder"):
+        pack["nodes"].LoadExemplarFolder.execute("  ", "", 81)
 
 
 def test_training_works_on_a_model_loaded_under_inference_mode(pack, comfy):

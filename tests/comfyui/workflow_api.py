@@ -1,18 +1,20 @@
 """UI-format workflow (what the frontend saves) -> API-format prompt (what POST /prompt runs), via /object_info.
 
-Widgets map positionally onto the widget inputs in `input_order`; seed-like inputs with
-`control_after_generate` carry one extra value; inputs fed by a link take no widget value.
+Widgets map positionally onto the widget inputs in `input_order`; INT inputs with `control_after_generate` or
+named seed / noise_seed carry one extra value; inputs fed by a link take no widget value. This is a fast server-side
+check; tests/browser checks the same workflows through the real frontend.
 """
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}           # graph-to-prompt leaves them out
 
 
 def to_api(workflow: dict, info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):        # muted / bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:        # muted / bypassed / notes
             continue
         spec = info[node["type"]]
         all_inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
@@ -29,7 +31,7 @@ def to_api(workflow: dict, info: dict) -> dict:
             elif is_widget:
                 # Widgets added to a node after the workflow was saved keep their defaults (as in the frontend).
                 inputs[name] = next(values, options.get("default"))
-                if options.get("control_after_generate"):
+                if input_spec[0] == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
                     next(values, None)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
@@ -40,7 +42,7 @@ def static_errors(workflow: dict, info: dict) -> list[str]:
     errors = []
     nodes = {n["id"]: n for n in workflow["nodes"]}
     for node in workflow["nodes"]:
-        if node["type"] not in info:
+        if node["type"] not in info and node["type"] not in FRONTEND_ONLY:
             errors.append(f"node {node['id']}: unknown type {node['type']}")
     for link_id, src, slot, dst, dst_slot, kind in workflow["links"]:
         out_type = info[nodes[src]["type"]]["output"][slot]

@@ -1,0 +1,146 @@
+"""Every shipped workflow as an artist meets it: opened from the Templates dialog or as a file in the real frontend,
+with every widget value the workflow means (from the builder's own spec), and the SynthRel demo run from the UI."""
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+PACK = "ComfyUI-DreamRelation"
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tools" / "build_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BUILDER = _builder()
+
+
+def intended_inputs(name: str, info: dict) -> dict:
+    """Node id -> {widget input: value} that workflow `name` means: the spec's values, else the input's default."""
+    _, nodes, links = BUILDER.WORKFLOWS[name]()
+    linked = {(dst, slot) for _, _, dst, slot in links}
+    intended = {}
+    for number, (node, class_type, values, _) in enumerate(nodes, start=1):
+        spec = info[class_type]
+        inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        widgets = {}
+        for input_name, input_spec in inputs.items():
+            if BUILDER._is_widget(input_spec) and (node, input_name) not in linked:
+                widgets[input_name] = values.get(input_name, BUILDER.widget_default(input_spec))
+        intended[str(number)] = (class_type, widgets)
+    return intended
+
+
+def assert_prompt_means(prompt: dict, intended: dict) -> None:
+    assert sorted(prompt, key=int) == sorted(intended, key=int)
+    for node_id, (class_type, widgets) in intended.items():
+        assert prompt[node_id]["class_type"] == class_type
+        for input_name, value in widgets.items():
+            got = prompt[node_id]["inputs"].get(input_name)
+            ok = got == pytest.approx(value, rel=1e-9) if isinstance(value, float) else got == value
+            assert ok, f"{class_type} (node {node_id}) {input_name}: the frontend sends {got!r}, the workflow " \
+                       f"means {value!r}"
+
+
+def _inside(box, outer) -> bool:
+    return (outer[0] <= box[0] and outer[1] <= box[1] and box[0] + box[2] <= outer[0] + outer[2]
+            and box[1] + box[3] <= outer[1] + outer[3])
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def assert_layout_reads(layout: dict, name: str) -> None:
+    """As drawn by the frontend: every node holds its own widgets, no node covers another, there is a Note, and
+    each group holds exactly the nodes the builder put in it."""
+    boxes = {int(node_id): box for node_id, _, box, _ in layout["nodes"]}
+    assert [t for _, t, _, fits in layout["nodes"] if not fits] == []
+    assert [(a, b) for a in boxes for b in boxes if a < b and _overlap(boxes[a], boxes[b])] == []
+    assert "Note" in [t for _, t, _, _ in layout["nodes"]]
+    _, nodes, _ = BUILDER.WORKFLOWS[name]()
+    ids = {node: number for number, (node, *_rest) in enumerate(nodes, start=1)}
+    _, groups = BUILDER.GUIDES[name]
+    drawn = dict(layout["groups"])
+    assert sorted(drawn) == sorted(title for title, _ in groups)
+    for title, members in groups:
+        inside = {node_id for node_id, box in boxes.items() if _inside(box, drawn[title])}
+        assert inside == {ids[m] for m in members}, title
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_file_loads_with_every_value_it_means(ui, path):
+    ui.load(json.loads(path.read_text()))
+    assert ui.missing_types() == []
+    assert_prompt_means(ui.prompt(), intended_inputs(path.stem, ui.server.get("/object_info")))
+    assert {value for _, value in ui.control_values()} <= {"fixed"}       # every seed stays as shipped
+    assert_layout_reads(ui.layout(), path.stem)
+    shots = os.environ.get("DREAMRELATION_SCREENSHOTS")
+    if shots and ui.version and not ui.version.startswith("1.27"):
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        ui.fit_and_screenshot(Path(shots) / f"{path.stem}.png")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_template_opens_from_the_templates_dialog(ui, path):
+    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+             "extra": {}, "version": 0.4})
+    ui.open_template(PACK, path.stem)
+    assert ui.thumbnail_width == 512                                        # the shipped .jpg, not a blank
+    assert ui.node_types() == [n["type"] for n in json.loads(path.read_text())["nodes"]]
+    assert_prompt_means(ui.prompt(), intended_inputs(path.stem, ui.server.get("/object_info")))
+
+
+def test_new_nodes_keep_their_seed_fixed_and_small_floats(ui):
+    """A Train node added from the library: its seed control starts "fixed" (a stock KSampler's does not, so the
+    check can fail), and typed small hyper-parameters are kept, not rounded away."""
+    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+             "extra": {}, "version": 0.4})
+    train, sampler = ui.add_node("DreamRelationTrain"), ui.add_node("KSampler")
+    assert dict(ui.control_values()) == {"DreamRelationTrain": "fixed", "KSampler": "randomize"}
+    for name, value in (("rcl_weight", 0.01), ("rcl_weight", 0.002), ("learning_rate", 1e-6),
+                        ("learning_rate", 3e-5), ("mask_weight", 12.5), ("sigma_min", 0.875)):
+        ui.set_widget(train, name, value)
+        assert ui.widgets(train)[name] == pytest.approx(value, rel=1e-6), name
+
+
+def test_synthrel_demo_runs_from_the_ui(ui):
+    """Workflow 4 opened from the Templates dialog and run (fewer steps, set in its widgets): it completes, saves
+    both animations and the LoRA, and shows the evaluator's verdicts on the Evaluate nodes."""
+    name = "dreamrelation_synthrel_demo"
+    ui.open_template(PACK, name)
+    ids = {n["type"]: [] for n in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]}
+    for n in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]:
+        ids[n["type"]].append(n["id"])
+    (train,) = ids["DreamRelationTrain"]
+    lora = f"synthrel_ui_{ui.version}".replace(".", "_")
+    ui.set_widget(train, "steps", 4)
+    ui.set_widget(train, "lora_name", lora)
+    for node in ids["DreamRelationSample"]:
+        ui.set_widget(node, "steps", 3)
+    before = set(ui.server.get("/history"))
+    ui.run()
+    deadline = time.time() + 600
+    while time.time() < deadline and not set(ui.server.get("/history")) - before:
+        time.sleep(1)
+    (prompt_id,) = set(ui.server.get("/history")) - before
+    history = ui.server.wait(prompt_id, timeout=600)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+    for node in ids["SaveAnimatedWEBP"]:
+        (image,) = history["outputs"][str(node)]["images"]
+        assert (ui.server.workdir / "output" / image["subfolder"] / image["filename"]).stat().st_size > 0
+    assert (ui.server.models / "loras" / f"{lora}.safetensors").is_file()
+    ui.page.wait_for_function("(ids) => ids.every(id => (window.app.graph.getNodeById(id).widgets ?? [])"
+                              ".some(w => w.name === 'verdict' && /^(PASS|FAIL)/.test(w.value)))",
+                              arg=ids["DreamRelationSynthRelEvaluate"], timeout=30_000)
+    verdicts = [ui.widgets(node)["verdict"] for node in ids["DreamRelationSynthRelEvaluate"]]
+    assert all("'pushes'" in v for v in verdicts), verdicts
+    assert [e for e in ui.errors if "DreamRelation" in e] == []          # our extension threw nothing
