@@ -127,9 +127,10 @@ def subject_colors(
 ) -> list[tuple[int, int, int]]:
     """The subject colours of a colour-coded mask frame, in subject order.
 
-    ``first_frame`` is uint8 ``[H, W, 3]`` RGB. Pixels with all channels <=
-    ``black_threshold`` are background. Colours covering less than ``min_fraction`` of the
-    non-black pixels (anti-aliasing fringes) are ignored. Returns the remaining colours
+    ``first_frame`` is uint8 ``[H, W, 3]`` RGB. Pixels with all channels <= ``black_threshold`` are
+    background. Colours covering less than ``min_fraction`` of the non-black pixels are ignored, and so is,
+    however frequent, a blend of black and a more frequent colour or of two of them (anti-aliased edges, chroma
+    subsampling in H.264 mask videos). Returns the remaining colours
     sorted as RGB tuples ascending (the reference's rule: the smaller tuple is subject 1);
     empty when there are none, ValueError when more than two remain. ``merge_tolerance``
     > 0 first groups colours within that max-abs RGB distance of a more frequent colour
@@ -160,13 +161,32 @@ def subject_colors(
         colors, counts = np.array(centres).reshape(-1, 3), np.array(totals, dtype=np.int64)
 
     keep = counts >= min_fraction * len(pixels)
-    result = sorted(tuple(int(v) for v in c) for c in colors[keep])
+    chosen = []
+    # Most frequent first; a colour that is a blend of black and a chosen colour, or of two chosen colours, is an
+    # edge (anti-aliasing, or chroma subsampling in an H.264 mask video), not a subject of its own.
+    for colour in colors[keep][np.argsort(-counts[keep], kind="stable")]:
+        if not _is_blend(colour, chosen, max(merge_tolerance, 8)):
+            chosen.append(colour)
+    result = sorted(tuple(int(v) for v in c) for c in chosen)
     if len(result) > 2:
         raise ValueError(
             f"mask frame has {len(result)} subject colours {result}; expected at most 2 "
-            "(raise min_fraction to drop small fringes, or fix the masks)"
+            "(pass colors= with the two subject colours, or fix the masks)"
         )
     return result
+
+
+def _is_blend(colour: np.ndarray, chosen: list, tolerance: int) -> bool:
+    """Whether `colour` lies within `tolerance` (max-abs RGB) of a segment between two of black and `chosen`."""
+    ends = [np.zeros(3)] + [np.asarray(c, np.float64) for c in chosen]
+    colour = np.asarray(colour, np.float64)
+    for i, a in enumerate(ends):
+        for b in ends[i + 1:]:
+            d = b - a
+            t = np.clip(np.dot(colour - a, d) / max(np.dot(d, d), 1e-9), 0.0, 1.0)
+            if np.abs(a + t * d - colour).max() <= tolerance:
+                return True
+    return False
 
 
 def read_color_masks(

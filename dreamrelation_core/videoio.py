@@ -138,7 +138,8 @@ def _as_uint8_frames(frames) -> np.ndarray:
 def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
     """Write uint8 RGB ``[F, H, W, 3]`` frames (or float in [0, 1]) to ``path`` atomically.
 
-    Supported suffixes: ``.mp4`` (OpenCV, fourcc mp4v), ``.avi`` (MJPG) and ``.gif``
+    Supported suffixes: ``.mp4`` (H.264, yuv420p, through PyAV: what browsers and ComfyUI's preview play; OpenCV's
+    mp4v plays in neither), ``.avi`` (OpenCV, MJPG) and ``.gif``
     (Pillow, loops forever, one GIF frame per input frame). mp4/avi need even width and
     height (the encoders silently drop an odd row/column otherwise). The file is written to
     a temporary name in the same directory and moved into place, so readers never see a
@@ -165,12 +166,26 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
         if suffix == ".gif":
             tmp.write_bytes(_encode_gif(arr, fps))
         else:
-            _write_cv2(tmp, arr, fps, "mp4v" if suffix == ".mp4" else "MJPG")
+            _write_h264(tmp, arr, fps) if suffix == ".mp4" else _write_cv2(tmp, arr, fps, "MJPG")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_h264(path: Path, arr: np.ndarray, fps: float) -> None:
+    import av
+    from fractions import Fraction
+
+    _, h, w, _ = arr.shape
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "17"}          # visually lossless: exemplar masks and colours survive
+        for frame in arr:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def _write_cv2(path: Path, arr: np.ndarray, fps: float, fourcc: str) -> None:

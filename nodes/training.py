@@ -1,6 +1,10 @@
 """Train Relation Triplet: DreamRelation training on ComfyUI's native MODEL, CLIP and VAE."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -113,6 +117,9 @@ class TrainRelationTriplet(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained relation LoRA."),
                 io.String.Output(display_name="lora_path", tooltip="Where the relation LoRA was written."),
+                io.LossMap.Output(display_name="loss",
+                                  tooltip="The loss of every step of the run (resumed steps included), for "
+                                          "ComfyUI's loss graph node."),
             ],
         )
 
@@ -139,6 +146,14 @@ class TrainRelationTriplet(io.ComfyNode):
                                                prompts=[preview_prompt.strip()] if preview_prompt.strip() else [],
                                                steps=preview_steps, seed=seed))
         out = run_directory(lora_name)
+        settings = _run_settings(config, exemplars)
+        resuming = resume and (out / "checkpoints").is_dir()
+        if resuming:
+            _check_same_run(out, settings, lora_name)
+        elif (out / "checkpoints").is_dir():
+            shutil.rmtree(out / "checkpoints")        # resume off: train anew, never mix with the old run's files
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / RUN_FILE, settings)
         with torch.inference_mode(False), torch.enable_grad():
             backend = ComfyBackend(model, config.lora, seed)
             arch = backend.arch
@@ -164,10 +179,16 @@ class TrainRelationTriplet(io.ComfyNode):
                                       latent_masks(masks, tuple(processed.shape[-3:]), arch.temporal_ratio))
                          for i, (ex, masks, _) in enumerate(clips)]
                 trainer = RelationTrainer(config, output_dir=out, items=items, backend=backend, progress=False)
-                if resume and (out / "checkpoints").is_dir():
+                if resuming:
                     trainer.resume(latest_checkpoint(out))
+                    if trainer.step >= steps:
+                        message = (f"{lora_name}: reused the finished run ({trainer.step} steps, same settings and "
+                                   "exemplars); turn resume off to train it again")
+                        logging.info(message)
+                        _progress_text(message, node_id)
                 bar = comfy.utils.ProgressBar(steps)
                 bar.update_absolute(trainer.step)
+                _send_loss(node_id, _logged_losses(out, trainer.step), steps, reset=True)   # the chart's history
 
                 def on_step(record):
                     previewed = config.sample.every and record["step"] % config.sample.every == 0
@@ -176,6 +197,7 @@ class TrainRelationTriplet(io.ComfyNode):
                     bar.update_absolute(record["step"], preview=image)
                     _progress_text(f"step {record['step']}/{steps}  loss {record['loss']:.4f}  "
                                    f"({record['group'] or 'all'})", node_id)
+                    _send_loss(node_id, [(record["step"], record["loss"])], steps)
                     comfy.model_management.throw_exception_if_processing_interrupted()
 
                 with _checkpointed_blocks(backend.patcher.model.diffusion_model, gradient_checkpointing):
@@ -185,7 +207,8 @@ class TrainRelationTriplet(io.ComfyNode):
         lora_path = _publish(result["lora"], lora_name)
         lora_sd = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
         trained, _ = comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)
-        return io.NodeOutput(trained, str(lora_path))
+        losses = _logged_losses(out)
+        return io.NodeOutput(trained, str(lora_path), {"loss": [loss for _, loss in losses]})
 
 
 def _encode_exemplars(exemplars, clip, vae, length: int, height: int, width: int):
@@ -213,6 +236,74 @@ def _progress_text(text: str, node_id) -> None:
         return
     if getattr(PromptServer, "instance", None) is not None and node_id is not None:
         PromptServer.instance.send_progress_text(text, node_id)
+
+
+RUN_FILE = "run.json"      # in the run folder: the settings and exemplars its checkpoints were trained with
+
+
+def _run_settings(config: RunConfig, exemplars) -> dict:
+    """What a checkpoint may be resumed under: every training setting (not checkpoint or preview cadence) and a
+    digest of the exemplars (frames, masks, captions)."""
+    digest = hashlib.sha256()
+    for ex in exemplars:
+        digest.update(f"{ex['name']}\0{ex['caption']}\0".encode())
+        for tensor in (ex["frames"], ex["masks"]):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    train = dataclasses.asdict(config.train)
+    train.pop("checkpoint_every")
+    return {"lora": dataclasses.asdict(config.lora), "train": train, "rcl": dataclasses.asdict(config.rcl),
+            "data": {"frames": config.data.frames, "height": config.data.height, "width": config.data.width},
+            "exemplars": digest.hexdigest()}
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _check_same_run(out: Path, settings: dict, lora_name: str) -> None:
+    """Refuse to resume a run trained with other settings or exemplars, naming what differs."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        return           # checkpoints from before run.json existed: nothing to compare
+    before, now = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(settings)))
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if differ:
+        names = ", ".join(f"{k} ({before.get(k)!r} → {now.get(k)!r})" if k != "exemplars" else "the exemplars"
+                          for k in differ)
+        raise ValueError(f"lora_name '{lora_name}': its checkpoints in {out} were trained with other settings: "
+                         f"{names}. Choose another lora_name, or turn resume off to train anew.")
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _logged_losses(run: Path, upto: int | None = None) -> list[tuple[int, float]]:
+    """(step, loss) of every step in the run's log.jsonl (a resumed run's log holds its earlier steps too)."""
+    log = run / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    losses = {r["step"]: r["loss"] for r in records if upto is None or r["step"] <= upto}
+    return sorted(losses.items())
+
+
+def _send_loss(node_id, points, steps: int, reset: bool = False) -> None:
+    """Feed the node's live loss chart (js/dreamrelation.js): `points` (step, loss), after clearing it if `reset`."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    if getattr(PromptServer, "instance", None) is not None and node_id is not None:
+        PromptServer.instance.send_sync("dreamrelation.loss", {"node": str(node_id), "steps": steps, "reset": reset,
+                                                               "points": [[s, float(l)] for s, l in points]})
 
 
 def _publish(lora: Path, name: str) -> Path:

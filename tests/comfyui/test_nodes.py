@@ -79,13 +79,14 @@ def test_train_node_saves_a_lora_that_stock_and_our_loader_apply(pack, comfy, ca
     model = native_model(comfy, "wan")
     out = nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae(), exemplars, "toy_relation", 4, 5e-3, 4,
                                              4.0, 32, 32, 9, 50.0, 0.01, 0, 2, False, True)
-    trained_model, lora_path = out.result
+    trained_model, lora_path, loss_map = out.result
     lora_path = Path(lora_path)
     assert lora_path == pack["root"] / "loras" / "toy_relation.safetensors"
     assert (pack["root"] / "loras" / "toy_relation.subjects.safetensors").is_file()
     run = pack["root"] / "output" / "dreamrelation" / "toy_relation"
     log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    assert loss_map == {"loss": [r["loss"] for r in log]}           # LOSS_MAP, as ComfyUI's loss graph reads it
     assert (run / "checkpoints" / "step_000004" / "state.pt").is_file()
     with safe_open(str(lora_path), "pt") as f:
         meta = json.loads(f.metadata()["dreamrelation"])
@@ -142,7 +143,7 @@ def test_train_node_places_the_roles_where_it_is_told(pack, comfy):
     model = native_model(comfy, "wan")
     args = (model, FakeClip(), FakeVae(), exemplars, "placed", 2, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0,
             False, False, 0, "", 30, 0.0, 1.0)
-    _, lora_path = nodes.TrainRelationTriplet.execute(*args, "motion_vo").result
+    _, lora_path, _ = nodes.TrainRelationTriplet.execute(*args, "motion_vo").result
     with safe_open(lora_path, "pt") as f:
         modules = {k.split(".", 3)[3].rsplit(".lora_", 1)[0] for k in f.keys() if ".lora_" in k}
     assert modules == {"self_attn.v", "cross_attn.v", "ffn.2", "self_attn.o", "cross_attn.o"}
@@ -176,6 +177,38 @@ def test_cancel_leaves_a_checkpoint_that_resumes(pack, comfy):
     nodes.TrainRelationTriplet.execute(*args)                                   # resume=True continues at step 3
     steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_is_keyed_by_the_runs_settings_and_exemplars(pack, comfy, caplog):
+    """A finished run with the same settings and exemplars is reused, and says so; other settings, another rank or
+    other exemplars are refused by name instead of serving the old LoRA; resume off trains anew."""
+    import logging
+
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes)
+    model = native_model(comfy, "wan")
+
+    def train(exemplars=exemplars, learning_rate=5e-3, rank=4, resume=True):
+        return nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae(), exemplars, "keyed", 2, learning_rate,
+                                                  rank, 4.0, 32, 32, 9, 50.0, 0.01, 0, 1, resume).result
+
+    first = train()
+    log = pack["root"] / "output" / "dreamrelation" / "keyed" / "log.jsonl"
+    trained_log = log.read_text()
+    with caplog.at_level(logging.INFO):
+        again = train()
+    assert "keyed: reused the finished run (2 steps" in caplog.text and log.read_text() == trained_log
+    assert again[2] == first[2]
+    with pytest.raises(ValueError, match=r"lora_name 'keyed'.*other settings: train\.learning_rate \(0\.005 → 0\.001\)"
+                                         r".*turn resume off"):
+        train(learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"lora\.rank \(4 → 8\)"):
+        train(rank=8)
+    changed = [dict(exemplars[0], caption="a different caption")] + exemplars[1:]
+    with pytest.raises(ValueError, match="other settings: the exemplars"):
+        train(exemplars=changed)
+    fresh = train(learning_rate=1e-3, resume=False)                      # starts over, then resumes under new settings
+    assert fresh[2] != first[2] and train(learning_rate=1e-3)[2] == fresh[2]
 
 
 def test_mask_video_node_sources_and_validation(pack, tmp_path):
