@@ -40,8 +40,8 @@ def subject_masks(images, subject1_mask=None, subject2_mask=None, mask_folder=""
             boxes = track_box(frames, parse_box(box, width, height, f"{name}_box"))
             out.append(grabcut_masks(frames, boxes) if refine else box_masks(boxes, height, width))
         else:
-            raise ValueError(f"{name}: connect {name}_mask, give {name}_box ('x,y,width,height' on the first frame) "
-                             "or a mask_folder")
+            raise ValueError(f"{name}: connect {name}_mask, draw {name}'s box on the node's first frame (or type "
+                             f"{name}_box as 'x,y,width,height'), or give a mask_folder")
     return np.stack(out, axis=1)
 
 
@@ -73,12 +73,39 @@ class MaskVideo(io.ComfyNode):
                 io.Mask.Output(display_name="subject2_mask", tooltip="Subject 2's mask on every frame."),
                 io.Image.Output(display_name="preview", tooltip="Frames with the masks tinted."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, images, subject1_mask=None, subject2_mask=None, mask_folder="", subject1_box="",
                 subject2_box="", refine_boxes=True):
+        node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
+        frames = image_to_uint8(images)
+        # The box editor on the node (js/dreamrelation.js) draws on the first frame: send it before anything can
+        # fail, so that a first run without boxes still shows the frame to draw them on.
+        send_frame(node_id, frames[0], masked=False)
         masks = subject_masks(images, subject1_mask, subject2_mask, mask_folder, subject1_box, subject2_box,
                               refine_boxes)
-        preview = uint8_to_image(overlay(image_to_uint8(images), masks))
-        return io.NodeOutput(torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]), preview)
+        tinted = overlay(frames, masks)
+        send_frame(node_id, tinted[0], masked=True)
+        return io.NodeOutput(torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]), uint8_to_image(tinted))
+
+
+def send_frame(node_id, frame: np.ndarray, masked: bool) -> None:
+    """Show `frame` (uint8 [H, W, 3]) in the node's box editor: the plain first frame, or with the masks tinted."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    if getattr(PromptServer, "instance", None) is None or node_id is None:
+        return
+    import base64
+    import io as bytes_io
+
+    from PIL import Image
+
+    png = bytes_io.BytesIO()
+    Image.fromarray(frame).save(png, format="PNG")
+    PromptServer.instance.send_sync("dreamrelation.frame", {
+        "node": str(node_id), "width": int(frame.shape[1]), "height": int(frame.shape[0]), "masked": masked,
+        "image": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()})

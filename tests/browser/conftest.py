@@ -37,21 +37,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module", params=["pinned", "newest"])
+@pytest.fixture(scope="module", params=["pinned", "newest", "newest-vue-nodes"])
 def ui(request, tmp_path_factory):
-    """A server with the pack and a browser page on its frontend: the one ComfyUI pins, then the newest."""
-    if request.param == "newest" and not NEWEST_FRONTEND:
+    """A server with the pack and a browser page on its frontend: the one ComfyUI pins, the newest with the classic
+    canvas, and the newest with its Vue node renderer ("Nodes 2.0")."""
+    if request.param.startswith("newest") and not NEWEST_FRONTEND:
         pytest.skip("DREAMRELATION_NEWEST_FRONTEND is not set: point it at comfyui-frontend-package's static/")
     from comfyui.server import ComfyServer
 
     from .ui import FrontendPage
 
     server = ComfyServer(tmp_path_factory.mktemp(f"browser_{request.param}"),
-                         front_end_root=NEWEST_FRONTEND if request.param == "newest" else None)
+                         front_end_root=NEWEST_FRONTEND if request.param.startswith("newest") else None)
     server.start()
     page = FrontendPage(server)
     try:
-        page.open()
+        page.open(vue_nodes=request.param.endswith("vue-nodes"))
         yield page
     finally:
         page.close()

@@ -1,7 +1,10 @@
 """Every shipped workflow as an artist meets it: opened from the Templates dialog or as a file in the real frontend,
 with every widget value the workflow means (from the builder's own spec), and the SynthRel demo run from the UI."""
 import importlib.util
+import io
 import json
+import urllib.parse
+import urllib.request
 import os
 import time
 from pathlib import Path
@@ -151,3 +154,55 @@ def test_synthrel_demo_runs_from_the_ui(ui):
     verdicts = [ui.widgets(node)["verdict"] for node in ids["DreamRelationSynthRelEvaluate"]]
     assert all("'pushes'" in v for v in verdicts), verdicts
     assert [e for e in ui.errors if "DreamRelation" in e] == []          # our extension threw nothing
+
+
+def test_boxes_drawn_on_the_first_frame_become_the_masks(ui):
+    """Mask Video's editor: a first run without boxes still shows the clip's first frame on the node; two mouse
+    drags write subject1_box and subject2_box; the next run's masks are exactly those boxes on that frame (tracked
+    boxes, no GrabCut), and the editor then shows the frame with the masks tinted."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamrelation_core.synthrel.protocol import DEFAULT
+
+    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+             "extra": {}, "version": 0.4})
+    source, masker = ui.add_node("DreamRelationSynthRelExemplars"), ui.add_node("DreamRelationMaskVideo")
+    previews = []
+    for slot in (0, 1):
+        to_image, preview = ui.add_node("MaskToImage"), ui.add_node("PreviewImage")
+        ui.connect(masker, slot, to_image, "mask")
+        ui.connect(to_image, 0, preview, "images")
+        previews.append(preview)
+    ui.connect(source, 1, masker, "images")
+    ui.set_widget(source, "count", 1)
+    ui.set_widget(masker, "refine_boxes", False)
+    ui.arrange([source, masker], origin=(80, 80))
+
+    assert ui.run_and_wait()["status"]["status_str"] == "error"           # no boxes yet, but the frame is shown
+    ui.page.wait_for_function("(id) => window.app.graph.getNodeById(id).dreamrelationBoxEditor.image !== null",
+                              arg=masker, timeout=30_000)
+    ui.dismiss_dialogs()                                                   # the artist closes the error
+    height, width = DEFAULT.size
+    drags = [((0.1, 0.2), (0.4, 0.6)), ((0.55, 0.3), (0.9, 0.8))]
+    for start, end in drags:
+        ui.drag_on(f'canvas[data-dreamrelation-boxes="{masker}"]', start, end)
+    boxes = [[int(v) for v in ui.widgets(masker)[f"subject{k}_box"].split(",")] for k in (1, 2)]
+    for box, ((fx0, fy0), (fx1, fy1)) in zip(boxes, drags):
+        expected = [fx0 * width, fy0 * height, (fx1 - fx0) * width, (fy1 - fy0) * height]
+        assert np.allclose(box, expected, atol=1.5), (box, expected)
+
+    history = ui.run_and_wait()
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:2000]
+    for box, preview in zip(boxes, previews):
+        first = history["outputs"][str(preview)]["images"][0]
+        query = urllib.parse.urlencode({k: first[k] for k in ("filename", "subfolder", "type")})
+        with urllib.request.urlopen(f"{ui.server.url}/view?{query}") as response:      # as the frontend shows it
+            mask = np.asarray(Image.open(io.BytesIO(response.read())))[..., 0]
+        x, y, w, h = box
+        expected = np.zeros_like(mask)
+        expected[y:y + h, x:x + w] = 255
+        assert (mask != expected).mean() < 0.02            # the drawn box itself, up to its one-pixel rim
+        assert mask[y + 1:y + h - 1, x + 1:x + w - 1].min() == 255
+    ui.page.wait_for_function("(id) => window.app.graph.getNodeById(id).dreamrelationBoxEditor.frame.masked",
+                              arg=masker, timeout=30_000)

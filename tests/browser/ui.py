@@ -20,12 +20,20 @@ class FrontendPage:
         self.errors = []
         self.page.on("pageerror", lambda error: self.errors.append(f"{error}\n{error.stack}"))
 
-    def open(self) -> None:
+    def open(self, vue_nodes: bool = False) -> None:
+        """Load the frontend; `vue_nodes`: switch on its Vue node renderer, as its settings dialog does."""
         self.page.goto(self.server.url)
         self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         self.version = self.page.evaluate("window.__COMFYUI_FRONTEND_VERSION__ ?? null")
         self.page.wait_for_function(
             "window.LiteGraph.registered_node_types['DreamRelationTrain'] !== undefined", timeout=60_000)
+        if vue_nodes:
+            self.evaluate("async () => { await window.app.extensionManager.setting.set("
+                          "'Comfy.VueNodes.Enabled', true); }")
+            assert self.evaluate("window.app.extensionManager.setting.get('Comfy.VueNodes.Enabled')") is True
+            # nodes are now DOM elements, not canvas drawings
+            self.add_node("DreamRelationTrain")
+            self.page.wait_for_function("document.querySelectorAll('[data-node-id]').length > 0", timeout=10_000)
         time.sleep(1)
         self.dismiss_dialogs()           # a new user's frontend opens with a template picker
 
@@ -98,6 +106,47 @@ class FrontendPage:
             window.app.graph.add(node);
             return node.id;
         }""", node_type)
+
+    def connect(self, source: int, slot: int, target: int, input_name: str) -> None:
+        self.evaluate("""([source, slot, target, name]) => {
+            const graph = window.app.graph, to = graph.getNodeById(target);
+            graph.getNodeById(source).connect(slot, to, to.inputs.findIndex(i => i.name === name));
+        }""", [source, slot, target, input_name])
+
+    def arrange(self, node_ids, origin=(80, 80)) -> None:
+        """Lay the nodes out left to right from `origin` at zoom 1, so they are on screen to be clicked."""
+        self.evaluate("""([ids, origin]) => {
+            let x = origin[0];
+            for (const id of ids) {
+                const node = window.app.graph.getNodeById(id);
+                node.pos = [x, origin[1]];
+                x += node.size[0] + 40;
+            }
+            window.app.canvas.ds.scale = 1;
+            window.app.canvas.ds.offset = [0, 0];
+            window.app.canvas.setDirty(true, true);
+        }""", [node_ids, list(origin)])
+        time.sleep(0.5)
+
+    def drag_on(self, selector: str, start, end) -> None:
+        """A mouse drag across the element, from and to fractions (x, y) of its box."""
+        box = self.page.locator(selector).bounding_box()
+        at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in (start, end)]
+        self.page.mouse.move(*at[0])
+        self.page.mouse.down()
+        for k in range(1, 6):
+            self.page.mouse.move(at[0][0] + (at[1][0] - at[0][0]) * k / 5, at[0][1] + (at[1][1] - at[0][1]) * k / 5)
+        self.page.mouse.up()
+
+    def run_and_wait(self, timeout: float = 600) -> dict:
+        """Run, then the history entry of the prompt it queued once it has finished."""
+        before = set(self.server.get("/history"))
+        self.run()
+        deadline = time.time() + timeout
+        while time.time() < deadline and not set(self.server.get("/history")) - before:
+            time.sleep(0.5)
+        (prompt_id,) = set(self.server.get("/history")) - before
+        return self.server.wait(prompt_id, timeout=timeout)
 
     def open_template(self, pack: str, name: str) -> None:
         """Templates dialog -> the pack's section -> the template's card."""
