@@ -209,7 +209,7 @@ SYNTHREL = replace(
     sample_cfg=4.0,
     fps=8,
     default_frames=9,
-    default_size=(32, 32),
+    default_size=(40, 40),          # the clip of the default SynthRel protocol (synthrel/protocol.py)
     tiny_transformer=dict(
         patch_size=(1, 4, 4), num_attention_heads=6, attention_head_dim=32, in_channels=12, out_channels=12,
         text_dim=64, freq_dim=64, ffn_dim=384, num_layers=6, cross_attn_norm=True,

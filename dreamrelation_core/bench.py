@@ -117,32 +117,33 @@ def _write_json(result: dict, json_path) -> None:
 
 
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
-        protocol: str | None = None) -> dict:
+        protocol: str | None = None, work=None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations.
-    `protocol`: the SynthRel protocol (default: the shipped base's, quality.PROTOCOL)."""
+    `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
+    that keeps each judged (relation, method), so that a rerun resumes."""
     from .synthrel import quality
-    from .synthrel.protocol import get_protocol
+    from .synthrel.protocol import DEFAULT, get_protocol
 
-    chosen = quality.PROTOCOL if protocol is None else get_protocol(protocol)
+    chosen = DEFAULT if protocol is None else get_protocol(protocol)
     if kind in ("base", "quality") and not chosen.weights.is_file():
         raise FileNotFoundError(f"no SynthRel {chosen.name} base at {chosen.weights}: pretrain it first "
                                 f"(python -m dreamrelation_core pretrain-synthrel --protocol {chosen.name})")
     if kind == "base":
         result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress, protocol=chosen)
-        markdown = quality.base_markdown(result)
+        markdown = quality.base_markdown(result, chosen.name)
     elif kind == "quality":
         result = quality.benchmark(steps=30 if quick else quality.TRAIN_STEPS,
                                    prompts=2 if quick else quality.PROMPTS, seeds=(0,) if quick else (0, 1, 2),
-                                   progress=progress, protocol=chosen)
+                                   progress=progress, protocol=chosen, work=None if work is None else Path(work))
         markdown = quality.markdown(result)
     elif kind == "evaluator":
         return _evaluator(clips, json_path, progress)
     else:
         raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base or quality")
     print(markdown)
-    if not quick:
-        write_section(kind, markdown)
+    if not quick:      # each protocol has its own section: the v1 tables stay as history
+        write_section(kind if chosen.name == "v1" else f"{kind}_{chosen.name}", markdown)
     _write_json(result, json_path)
     return result
 

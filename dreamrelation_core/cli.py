@@ -86,7 +86,7 @@ def _convert(args) -> int:
 def _bench(args) -> int:
     from .bench import run
 
-    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol)
+    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work)
     return 0
 
 
@@ -94,7 +94,7 @@ def _pretrain_synthrel(args) -> int:
     from .synthrel.base import pretrain
 
     path = pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                    max_steps=args.max_steps, protocol=args.protocol)
+                    max_steps=args.max_steps, protocol=args.protocol, init=args.init)
     print(f"{'checkpoint (rerun to resume)' if path.suffix == '.pt' else 'weights'}: {path}")
     return 0
 
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures as JSON here")
     p.add_argument("--protocol", choices=("v1", "v2"), default=None,
                    help="SynthRel protocol of base and quality (default: the shipped base's)")
+    p.add_argument("--work", help="quality: keep each judged relation × method here; rerun to resume")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("pretrain-synthrel", help="pretrain the SynthRel base (all relations but the held-out ones)")
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many steps in all (the cosine still spans --steps); rerun to resume")
     p.add_argument("--protocol", choices=("v1", "v2"), default="v1",
                    help="v1: plain subjects, 32×32; v2: textured subjects, partly generic captions, 40×40")
+    p.add_argument("--init", help="start from these weights (e.g. the shipped v1 base) instead of a random init")
     p.set_defaults(func=_pretrain_synthrel)
 
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "

@@ -37,12 +37,13 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     from .synthrel import quality
     from .synthrel.base import build_synthrel_base
     from .synthrel.evaluate import evaluate_video
+    from .synthrel.protocol import DEFAULT
     from .synthrel.render import caption, write_exemplars
     from .trainer import RelationTrainer
     from .triplet import activate
     from .videoio import read_video, write_video
 
-    protocol = protocol or quality.PROTOCOL
+    protocol = protocol or DEFAULT
     out = Path(out)
     exemplars = write_exemplars(out / "exemplars", relation, 8, protocol.exemplar_pairs, protocol.frames,
                                 protocol.size, look=protocol.look, named=protocol.exemplar_naming,

@@ -127,17 +127,20 @@ class LoadSynthRelBase(io.ComfyNode):
             node_id="DreamRelationLoadSynthRelBase",
             display_name="Load SynthRel Base",
             category=f"{CATEGORY}/SynthRel",
-            description="The shipped tiny SynthRel base (no download): a native Wan model that renders 9-frame 32×32 "
-                        "clips of two coloured shapes, with its text encoder and pixel 'VAE'.",
+            description="The shipped tiny SynthRel base (no download): a native Wan model that renders 9-frame 40×40 "
+                        "clips of two coloured, textured shapes, with its text encoder and pixel 'VAE'.",
             inputs=[],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+            outputs=[io.Model.Output(tooltip="The SynthRel base as a native Wan model (train and sample on it)."),
+                     io.Clip.Output(tooltip="Its hashed-word text encoder (use with CLIPTextEncode)."),
+                     io.Vae.Output(tooltip="Its exact pixel map (2×2 space-to-depth) in place of a VAE.")],
         )
 
     @classmethod
     def execute(cls):
         from ..dreamrelation_core.synthrel.base import build_synthrel_base
+        from ..dreamrelation_core.synthrel.protocol import DEFAULT
 
-        base = build_synthrel_base()
+        base = build_synthrel_base(DEFAULT.weights)
         return io.NodeOutput(native_model(base), SynthRelClip(base.text_encoder), SynthRelVae(base.codec))
 
 
@@ -152,28 +155,31 @@ class SynthRelExemplars(io.ComfyNode):
             display_name="SynthRel Exemplars",
             category=f"{CATEGORY}/SynthRel",
             description="Renders exemplar clips of one SynthRel relation with exact subject masks, their subjects "
-                        "drawn from two appearance pairs only, and a prompt with subjects they never show.",
+                        "drawn from two textured appearance pairs only and captioned 'a shape … a shape', and a "
+                        "prompt that names subjects whose colours, textures and shapes they never show.",
             inputs=[
                 io.Combo.Input("relation", options=list(RELATIONS), default=HELD_OUT[0],
                                tooltip=f"Relation to teach; the base has never seen {' and '.join(HELD_OUT)}."),
                 io.Int.Input("count", default=8, min=1, max=64, tooltip="Number of exemplar clips."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the clips' random programs."),
             ],
-            outputs=[Exemplars.Output(display_name="exemplars"),
+            outputs=[Exemplars.Output(display_name="exemplars",
+                                      tooltip="The exemplar clips with exact subject masks, for Train."),
                      io.Image.Output(display_name="images", tooltip="Every exemplar's frames, one clip after another."),
                      io.String.Output(display_name="prompt", tooltip="The relation with unseen subjects.")],
         )
 
     @classmethod
     def execute(cls, relation, count, seed):
-        from ..dreamrelation_core.synthrel.quality import EXEMPLAR_PAIRS, FRAMES, SIZE, test_subjects
+        from ..dreamrelation_core.synthrel.protocol import DEFAULT as p
         from ..dreamrelation_core.synthrel.render import caption, exemplar_clips
         from .exemplars import exemplar
 
+        clips = exemplar_clips(relation, count, p.exemplar_pairs, p.frames, p.size, seed, p.look, p.exemplar_naming)
         items = [exemplar(uint8_to_image(video), torch.from_numpy(masks).float(), text, name)
-                 for name, video, masks, text in exemplar_clips(relation, count, EXEMPLAR_PAIRS, FRAMES, SIZE, seed)]
+                 for name, video, masks, text in clips]
         frames = torch.cat([item["frames"] for item in items])
-        return io.NodeOutput(items, frames, caption(relation, *test_subjects(1)[0]))
+        return io.NodeOutput(items, frames, caption(relation, *p.test_subjects(1)[0]))
 
 
 class SynthRelEvaluate(io.ComfyNode):
@@ -184,23 +190,28 @@ class SynthRelEvaluate(io.ComfyNode):
             display_name="SynthRel Evaluate",
             category=f"{CATEGORY}/SynthRel",
             description="Judges a generated SynthRel clip with the benchmark's evaluator: which relation its prompt's "
-                        "subjects act out, and whether they are visible.",
+                        "subjects act out, whether they are visible with the attributes it names, and which exemplar "
+                        "colours or textures leaked into it.",
             is_output_node=True,
             inputs=[io.Image.Input("images", tooltip="Frames of one generated clip."),
                     io.String.Input("prompt", force_input=True, tooltip="The SynthRel caption it was generated from.")],
-            outputs=[io.String.Output(display_name="verdict")],
+            outputs=[io.String.Output(display_name="verdict",
+                                      tooltip="PASS or FAIL, the relation the evaluator sees, attributes, leakage.")],
         )
 
     @classmethod
     def execute(cls, images, prompt):
         from ..dreamrelation_core.synthrel.evaluate import evaluate_video
+        from ..dreamrelation_core.synthrel.protocol import DEFAULT
         from ..dreamrelation_core.synthrel.render import parse_caption
 
         relation, subject1, subject2 = parse_caption(prompt)
-        verdict = evaluate_video(image_to_uint8(images), subject1, subject2)
+        verdict = evaluate_video(image_to_uint8(images), subject1, subject2, DEFAULT.exemplar_subjects)
         seen = verdict["relation"] or "no relation"
         text = (f"{'PASS' if verdict['relation'] == relation else 'FAIL'}: prompt '{relation}', evaluator sees "
-                f"'{seen}'; subjects {'present' if verdict['subjects_present'] else 'missing'}")
+                f"'{seen}'; subjects {'present' if verdict['subjects_present'] else 'missing'}; named attributes "
+                f"{'rendered' if verdict['attributes_match'] else 'not all rendered'}; exemplar looks leaked: "
+                f"{', '.join(sorted(verdict['leaked'])) or 'none'}")
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 

@@ -242,8 +242,9 @@ RUN_FILE = "run.json"      # in the run folder: the settings and exemplars its c
 
 
 def _run_settings(config: RunConfig, exemplars) -> dict:
-    """What a checkpoint may be resumed under: every training setting (not checkpoint or preview cadence) and a
-    digest of the exemplars (frames, masks, captions)."""
+    """What a checkpoint may be resumed under: every training setting and a digest of the exemplars (frames, masks,
+    captions). Not the checkpoint cadence, and not the length: a run may be continued to more (or fewer) steps, its
+    schedule then spanning the new total (the warm-up follows the length in this node)."""
     digest = hashlib.sha256()
     for ex in exemplars:
         digest.update(f"{ex['name']}\0{ex['caption']}\0".encode())
@@ -251,7 +252,8 @@ def _run_settings(config: RunConfig, exemplars) -> dict:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     train = dataclasses.asdict(config.train)
-    train.pop("checkpoint_every")
+    for key in ("checkpoint_every", "steps", "warmup_steps"):
+        train.pop(key)
     return {"lora": dataclasses.asdict(config.lora), "train": train, "rcl": dataclasses.asdict(config.rcl),
             "data": {"frames": config.data.frames, "height": config.data.height, "width": config.data.width},
             "exemplars": digest.hexdigest()}

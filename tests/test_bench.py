@@ -45,13 +45,13 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     result = quality.benchmark(relations=("pushes",), exemplars=2, steps=2, prompts=1, seeds=(0, 1),
                                sample_steps=2, progress=False)
     assert list(result["methods"]) == list(quality.METHODS) == [
-        "dreamrelation", "dreamrelation_reference_mlp", "dreamrelation_relation_mlp", "dreamrelation_motion_vo",
-        "dreamrelation_all_roles", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras", "base"]
+        "dreamrelation", "dreamrelation_all_roles", "dreamrelation_reference_mlp", "dreamrelation_relation_mlp",
+        "dreamrelation_motion_vo", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras", "base"]
     for method in result["methods"].values():
         assert 0.0 <= method["relation_accuracy"] <= 1.0 and 0.0 <= method["leakage"] <= 1.0
         assert len(method["per_relation"]["pushes"]["per_seed"]) == 2
         assert len(method["per_relation"]["pushes"]["clips"]) == 2
-    assert result["protocol"] == "v1" and sorted(result["placements"]) == sorted(quality.SYNTHREL.placements)
+    assert result["protocol"] == quality.DEFAULT.name and sorted(result["placements"]) == sorted(quality.SYNTHREL.placements)
     assert result["placements"]["reference"]["method"] == "dreamrelation"
     assert set(result["placements"]["motion_vo"]["vs_reference"]) == {"difference", "low", "high", "beyond_noise"}
     assert "| dreamrelation |" in quality.markdown(result) and "motion_vo − reference" in quality.markdown(result)
@@ -60,7 +60,7 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     assert runs[0].hybrid_masks and runs[0].subject_loras                  # DreamRelation's own run comes first
     # Each method is judged with its inference roles active (none for the base).
     inference = {"relation", "ffn"}
-    assert judged == [inference] * 4 + [set(ROLES), set(ROLES), inference, inference, inference, set()]
+    assert judged == [inference, set(ROLES)] + [inference] * 3 + [set(ROLES)] + [inference] * 3 + [set()]
 
 
 def test_paired_bootstrap_tells_a_real_difference_from_noise():
@@ -74,9 +74,9 @@ def test_paired_bootstrap_tells_a_real_difference_from_noise():
         paired_bootstrap([1, 0], [1])
 
 
-def test_v2_quick_benchmark_runs_on_textured_exemplars(monkeypatch, tmp_path):
-    """The v2 protocol end to end on a random base (the shipped v2 weights may not exist yet): textured lossless
-    exemplars with generic captions, unseen test subjects, per-clip verdicts."""
+def test_v2_quick_benchmark_runs_on_textured_exemplars_and_resumes(monkeypatch, tmp_path):
+    """The v2 protocol end to end: textured lossless exemplars with generic captions, unseen test subjects,
+    per-clip verdicts; with a work folder a rerun judges nothing again, and other settings are refused."""
     from dreamrelation_core.synthrel import quality
     from dreamrelation_core.synthrel.protocol import V2
 
@@ -88,12 +88,17 @@ def test_v2_quick_benchmark_runs_on_textured_exemplars(monkeypatch, tmp_path):
         return original_sample(base, prompt, *args)
 
     monkeypatch.setattr(quality, "sample_clip", sample)
-    result = quality.benchmark(relations=("orbits",), methods=("dreamrelation", "direct_lora"), exemplars=2,
-                               steps=2, prompts=2, seeds=(0,), sample_steps=2, progress=False, protocol=V2)
+    settings = dict(relations=("orbits",), methods=("dreamrelation", "direct_lora"), exemplars=2, prompts=2,
+                    seeds=(0,), sample_steps=2, progress=False, protocol=V2, work=tmp_path)
+    result = quality.benchmark(steps=2, **settings)
     assert result["protocol"] == "v2" and result["comparisons"]["dreamrelation_vs_direct_lora"]["difference"] in (
         -1.0, -0.5, 0.0, 0.5, 1.0)
-    assert prompts[:2] == ["a cyan plain triangle orbits a purple banded diamond",
-                           "a purple plain triangle orbits a cyan shaded diamond"]
+    assert prompts == ["a cyan plain triangle orbits a purple banded diamond",
+                       "a purple plain triangle orbits a cyan shaded diamond"] * 2
+    assert sorted(p.name for p in (tmp_path / "orbits").glob("*.json")) == ["direct_lora.json", "dreamrelation.json"]
+    assert quality.benchmark(steps=2, **settings) == result and len(prompts) == 4       # resumed: nothing sampled
+    with pytest.raises(ValueError, match=r"dreamrelation\.json was judged with other settings \(steps differ\)"):
+        quality.benchmark(steps=3, **settings)
     seen = {a for s in V2.exemplar_subjects for a in s}
     for s1, s2 in V2.test_subjects(24):
         assert not {*s1, *s2} & seen

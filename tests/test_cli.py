@@ -89,8 +89,10 @@ def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
 
     result = run_demo(tmp_path, steps=2, progress=False)
     frames, _ = read_video(result["video"])
-    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA, 32×32 clips upscaled 4× under a label strip
-    assert frames.shape == (9, 4 * (LABEL_HEIGHT + 128), 4 * 128, 3) and result["lora"].is_file()
+    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA, the protocol's clips upscaled 4× under a label
+    from dreamrelation_core.synthrel.protocol import DEFAULT
+    (height, width), length = DEFAULT.size, DEFAULT.frames
+    assert frames.shape == (length, 4 * (LABEL_HEIGHT + 4 * height), 4 * 4 * width, 3) and result["lora"].is_file()
     metrics = json.loads(result["metrics"].read_text())
     assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "direct_lora", "prompt"}
     assert metrics["seeds"] == [0, 1, 2, 3] and len(metrics["direct_lora"]["verdicts"]) == 4

@@ -4,6 +4,7 @@ import torch
 from dreamrelation_core.archs import SYNTHREL
 from dreamrelation_core.bases import load_base
 from dreamrelation_core.synthrel.base import HELD_OUT, KNOWN, PixelCodec, pretrain, random_clip
+from dreamrelation_core.synthrel.protocol import DEFAULT
 
 
 def test_pixel_codec_is_exactly_invertible():
@@ -19,7 +20,8 @@ def test_synthrel_base_loads_and_runs():
     base = load_base("synthrel")
     assert base.arch is SYNTHREL and base.arch.latent_frames(9) == 9
     video, caption = random_clip(__import__("random").Random(0))
-    assert video.shape == (3, 9, 32, 32) and caption.split()[0] == "a"
+    assert video.shape == (3, 9, 40, 40) and caption.split()[0] == "a"
+    assert (SYNTHREL.default_frames, SYNTHREL.default_size) == (DEFAULT.frames, DEFAULT.size)
     z, _ = base.codec.encode(video[None])
     text, mask = base.text_encoder.encode([caption])
     with torch.no_grad():
@@ -66,7 +68,7 @@ def test_v2_pretraining_draws_textured_clips_and_partial_captions(tmp_path):
     from dreamrelation_core.synthrel.render import parse_caption
 
     rng = random.Random(0)
-    clips = [random_clip(rng, KNOWN, V2.frames, V2.size, V2.look, V2.textured) for _ in range(200)]
+    clips = [random_clip(rng, KNOWN, V2) for _ in range(200)]
     assert all(video.shape == (3, 9, 40, 40) for video, _ in clips)
     specs = [s for _, text in clips for s in parse_caption(text)[1:]]
     named = [sum(a is not None for a in s) for s in specs]
@@ -81,3 +83,23 @@ def test_v2_pretraining_draws_textured_clips_and_partial_captions(tmp_path):
     assert "9-frame 40×40 SynthRel clips (protocol v2)" in card and "7 textures" in card and "--protocol v2" in card
     with pytest.raises(ValueError, match="unknown SynthRel protocol 'v3'"):
         pretrain(tmp_path / "x", steps=1, protocol="v3")
+
+
+def test_pretraining_can_start_from_another_protocols_base(tmp_path):
+    """`init`: v2 pretraining starts from the shipped v1 weights (lr 0 keeps them exactly), says so in
+    pretrain.json and the model card, and refuses a missing file by name."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from dreamrelation_core.synthrel.base import model_card
+    from dreamrelation_core.synthrel.protocol import V1
+
+    pretrain(tmp_path, steps=1, batch=1, lr=0.0, progress=False, protocol="v2", init=V1.weights)
+    start, written = load_file(str(V1.weights)), load_file(str(tmp_path / "synthrel_base.safetensors"))
+    assert start.keys() == written.keys() and all(torch.equal(start[k], written[k]) for k in start)
+    assert json.loads((tmp_path / "pretrain.json").read_text())["init"] == V1.weights.name
+    card = model_card(tmp_path, {})
+    assert f"Initialised from `{V1.weights.name}`" in card and "--init dreamrelation_core/synthrel/weights/" in card
+    with pytest.raises(FileNotFoundError, match="init: no weights file at .*missing.safetensors"):
+        pretrain(tmp_path / "x", steps=1, init=tmp_path / "missing.safetensors")

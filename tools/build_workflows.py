@@ -126,10 +126,11 @@ def mochi_official():
 
 def synthrel_demo():
     from dreamrelation_core.archs import SYNTHREL
+    from dreamrelation_core.synthrel.protocol import DEFAULT
     from dreamrelation_core.synthrel.quality import TRAIN_SIGMA_MIN, TRAIN_STEPS
 
-    sample = {"width": SYNTHREL.default_size[1], "height": SYNTHREL.default_size[0], "length": SYNTHREL.default_frames,
-              "steps": SYNTHREL.sample_steps, "cfg": SYNTHREL.sample_cfg, "seed": 0}
+    size = {"width": DEFAULT.size[1], "height": DEFAULT.size[0], "length": DEFAULT.frames}
+    sample = {**size, "steps": SYNTHREL.sample_steps, "cfg": SYNTHREL.sample_cfg, "seed": 0}
     nodes = [
         ("base", "DreamRelationLoadSynthRelBase", {}, (0, 0)),
         ("exemplars", "DreamRelationSynthRelExemplars", {"relation": "pushes", "count": 8, "seed": 0}, (0, 1)),
@@ -137,22 +138,22 @@ def synthrel_demo():
         ("negative", "CLIPTextEncode", {"text": ""}, (1, 1)),
         ("exemplars_big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 4.0}, (1, 2)),
         ("train", "DreamRelationTrain", {"lora_name": "synthrel_pushes", "steps": TRAIN_STEPS, "learning_rate": 1e-3,
-                                         "rank": 8, "alpha": 8.0, "width": 32, "height": 32, "length": 9,
+                                         "rank": 8, "alpha": 8.0, **size,
                                          "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0, "checkpoint_every": 100,
                                          "resume": True, "gradient_checkpointing": False, "preview_every": 0,
                                          "sigma_min": TRAIN_SIGMA_MIN},
          (2, 0)),
-        ("base_sample", "DreamRelationSample", sample, (2, 1)),
+        ("base_sample", "DreamRelationSample", sample, (3, 1)),
         ("save_exemplars", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_exemplars", "fps": 8.0},
          (2, 2)),
         ("relation_sample", "DreamRelationSample", sample, (3, 0)),
-        ("judge_base", "DreamRelationSynthRelEvaluate", {}, (3, 1)),
+        ("judge_base", "DreamRelationSynthRelEvaluate", {}, (4, 1)),
         ("side_by_side", "ImageStitch", {"direction": "right", "spacing_width": 2, "spacing_color": "white"},
-         (4, 0)),
-        ("judge_relation", "DreamRelationSynthRelEvaluate", {}, (4, 1)),
-        ("big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}, (5, 0)),
+         (5, 0)),
+        ("judge_relation", "DreamRelationSynthRelEvaluate", {}, (4, 0)),
+        ("big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}, (6, 0)),
         ("save", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_base_vs_dreamrelation", "fps": 8.0},
-         (6, 0)),
+         (7, 0)),
     ]
     links = [("exemplars", 2, "positive", "text"), ("base", 1, "positive", "clip"), ("base", 1, "negative", "clip"),
              ("exemplars", 1, "exemplars_big", "image"), ("exemplars_big", 0, "save_exemplars", "images"),
@@ -170,10 +171,61 @@ def synthrel_demo():
             "with new subjects", nodes, links)
 
 
+# What each workflow tells an artist on the canvas: a Note, and groups (title, member nodes) of whole grid cells.
+GUIDES = {
+    "dreamrelation_train_relation_wan21": (
+        "Teach Wan 2.1 a relation (here a high-five) from 5–30 short videos of it, then render it with new "
+        "subjects.\n1. Models: the Wan 2.1 T2V 1.3B files in models/ (README).\n2. Exemplars: each video in input/; "
+        "on Mask Video, each subject's box on the first frame (x,y,width,height), tracked through the clip. One row "
+        "per video, chained through Add Exemplar; the preview shows the masks.\n3. Run. Train writes "
+        "models/loras/<lora_name>.safetensors; Cancel keeps a checkpoint and the next Run resumes it.\n"
+        "The relation LoRA then works with any LoRA loader and prompt.",
+        [("1 · Models", ["unet", "clip", "vae"]), ("2 · Prompt with new subjects", ["positive", "negative"]),
+         ("3 · Exemplars: one row per video, a box per subject", ["video1", "frames1", "mask1", "add1", "video2",
+                                                                  "frames2", "mask2", "add2", "preview_masks"]),
+         ("4 · Train the relation LoRA, then sample it", ["train", "sample", "video", "save"])]),
+    "dreamrelation_generate_wan21_mixed_lora": (
+        "Use a trained relation LoRA like any other: here after a style LoRA, through the stock KSampler. "
+        "Load Relation LoRA applies the relation and FFN parts only (what DreamRelation applies at inference); "
+        "a stock LoraLoaderModelOnly on the same file does exactly the same.",
+        [("1 · Models", ["unet", "clip", "vae"]), ("2 · Your LoRA, then the relation LoRA", ["style", "relation"]),
+         ("3 · Prompt and size", ["positive", "negative", "latent"]),
+         ("4 · Sample and save", ["sampler", "decode", "video", "save"])]),
+    "dreamrelation_mochi_official_checkpoint": (
+        "Mochi 1 with an official DreamRelation checkpoint (model_N.lora.pt in models/loras), converted on the "
+        "fly: put the Mochi files in models/ and any prompt with new subjects.",
+        [("1 · Models", ["unet", "clip", "vae"]), ("2 · Official checkpoint", ["relation"]),
+         ("3 · Prompt", ["positive", "negative"]), ("4 · Sample and save", ["sample", "video", "save"])]),
+    "dreamrelation_synthrel_demo": (
+        "No download. The tiny SynthRel base has never seen 'pushes'. SynthRel Exemplars renders 8 clips of it: "
+        "two textured subject pairs, captioned 'a shape pushes a shape'. Train learns the relation LoRA triplet "
+        "from them (minutes on a CPU), and the relation LoRA renders the push with subjects the exemplars never "
+        "showed. SynthRel Evaluate judges the base and DreamRelation: PASS or FAIL, and whether exemplar looks "
+        "leaked. The same protocol as `python -m dreamrelation_core demo`.",
+        [("1 · Base and exemplars", ["base", "exemplars"]), ("2 · Prompt with new subjects", ["positive", "negative"]),
+         ("3 · Train, then sample with and without the LoRA", ["train", "relation_sample", "base_sample"]),
+         ("4 · Verdicts", ["judge_relation", "judge_base"]),
+         ("5 · Side by side: base | DreamRelation", ["side_by_side", "big", "save"]),
+         ("Exemplars as Train sees them", ["exemplars_big", "save_exemplars"])]),
+}
+
 WORKFLOWS = {"dreamrelation_train_relation_wan21": train_wan,
              "dreamrelation_generate_wan21_mixed_lora": generate_wan_mixed,
              "dreamrelation_mochi_official_checkpoint": mochi_official,
              "dreamrelation_synthrel_demo": synthrel_demo}
+
+
+def has_control_widget(name: str, spec) -> bool:
+    """The frontend adds a "control after generate" combo right after an INT widget that asks for one and after
+    every INT named seed or noise_seed (docs/comfyui.md); a workflow stores its value next to the seed's."""
+    options = spec[1] if len(spec) > 1 else {}
+    return spec[0] == "INT" and (bool(options.get("control_after_generate")) or name in ("seed", "noise_seed"))
+
+
+def widget_default(spec):
+    """The value a fresh widget of this input spec holds: its default, a combo's first option."""
+    options = spec[1] if len(spec) > 1 else {}
+    return options.get("default", spec[0][0] if isinstance(spec[0], list) and spec[0] else None)
 
 
 def _is_widget(spec) -> bool:
@@ -181,7 +233,9 @@ def _is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
-def build(title, nodes, links, info) -> dict:
+def build(title, nodes, links, info, note: str | None = None, groups=()) -> dict:
+    """The UI workflow of a spec: nodes `(name, class_type, widget values, (column, row))`, links `(source,
+    output slot, target, input name)`, an optional Note and groups `(title, [node names])`."""
     ids = {name: i + 1 for i, (name, *_rest) in enumerate(nodes)}
     ui_nodes, ui_links = [], []
     linked = {(dst, slot) for _, _, dst, slot in links}
@@ -189,7 +243,7 @@ def build(title, nodes, links, info) -> dict:
         spec = info[class_type]
         all_inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
         order_names = spec["input_order"].get("required", []) + spec["input_order"].get("optional", [])
-        inputs, widgets = [], []
+        inputs, widgets, multiline = [], [], 0
         for input_name in order_names:
             input_spec = all_inputs[input_name]
             kind = "COMBO" if isinstance(input_spec[0], list) else input_spec[0]
@@ -198,11 +252,10 @@ def build(title, nodes, links, info) -> dict:
                 if (name, input_name) in linked:
                     inputs.append({"name": input_name, "type": kind, "link": None, "widget": {"name": input_name}})
                     continue
-                default = options.get("default", input_spec[0][0] if isinstance(input_spec[0], list) and
-                                      input_spec[0] else None)
-                widgets.append(values.get(input_name, default))
-                if options.get("control_after_generate"):
-                    widgets.append("fixed")
+                widgets.append(values.get(input_name, widget_default(input_spec)))
+                multiline += kind == "STRING" and bool(options.get("multiline"))
+                if has_control_widget(input_name, input_spec):
+                    widgets.append("fixed")          # reproducible: a resumed run must see the same seed
             else:
                 inputs.append({"name": input_name, "type": kind, "link": None})
         unknown = set(values) - set(order_names)
@@ -210,10 +263,19 @@ def build(title, nodes, links, info) -> dict:
             raise ValueError(f"{class_type} has no inputs {sorted(unknown)}")
         outputs = [{"name": out_name, "type": out_type, "links": [], "slot_index": slot}
                    for slot, (out_type, out_name) in enumerate(zip(spec["output"], spec["output_name"]))]
-        ui_nodes.append({"id": ids[name], "type": class_type, "pos": [40 + 360 * col, 40 + 220 * row],
-                         "size": [320, 180], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
+        ui_nodes.append({"id": ids[name], "type": class_type, "pos": [0, 0],
+                         "size": [NODE_WIDTH, node_height(class_type, inputs, outputs, widgets, multiline)],
+                         "flags": {}, "order": order, "mode": 0, "inputs": inputs,
                          "outputs": outputs, "title": spec.get("display_name", class_type),
                          "properties": {"Node name for S&R": class_type}, "widgets_values": widgets})
+    cells = [(col, row) for *_rest, (col, row) in nodes]
+    if note:
+        # The note: frontend-only (graph-to-prompt skips it), above everything in the first column.
+        ui_nodes.append({"id": len(ui_nodes) + 1, "type": "Note", "pos": [0, 0], "size": [NODE_WIDTH, NOTE_HEIGHT],
+                         "flags": {}, "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [],
+                         "title": "Note", "properties": {}, "widgets_values": [note]})
+        cells.append((0, -1))
+    _grid(ui_nodes, cells)
     by_id = {n["id"]: n for n in ui_nodes}
     for link_id, (src, slot, dst, input_name) in enumerate(links, start=1):
         source, target = by_id[ids[src]], by_id[ids[dst]]
@@ -222,8 +284,46 @@ def build(title, nodes, links, info) -> dict:
         source["outputs"][slot]["links"].append(link_id)
         ui_links.append([link_id, ids[src], slot, ids[dst], target["inputs"].index(target_input),
                          source["outputs"][slot]["type"]])
+    ui_groups = []
+    for group_title, members in groups:
+        boxes = [by_id[ids[m]] for m in members]
+        x0 = min(n["pos"][0] for n in boxes) - GROUP_PAD
+        y0 = min(n["pos"][1] for n in boxes) - TITLE_HEIGHT - GROUP_TITLE - GROUP_PAD
+        x1 = max(n["pos"][0] + n["size"][0] for n in boxes) + GROUP_PAD
+        y1 = max(n["pos"][1] + n["size"][1] for n in boxes) + GROUP_PAD
+        ui_groups.append({"title": group_title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": "#3f789e",
+                          "font_size": 24, "flags": {}})
     return {"last_node_id": len(ui_nodes), "last_link_id": len(ui_links), "nodes": ui_nodes, "links": ui_links,
-            "groups": [], "config": {}, "extra": {"dreamrelation": {"title": title}}, "version": 0.4}
+            "groups": ui_groups, "config": {}, "extra": {"dreamrelation": {"title": title}}, "version": 0.4}
+
+
+# Layout, in canvas pixels: LiteGraph draws a 30-px title above `pos`, 20 px per slot row and about 24 per widget.
+NODE_WIDTH, COLUMN_GAP, ROW_GAP, TITLE_HEIGHT = 400, 60, 80, 30
+GROUP_PAD, GROUP_TITLE, NOTE_HEIGHT = 12, 34, 170
+MULTILINE_HEIGHT = 110           # a multiline text box (the frontend's DOM widget)
+PREVIEW_HEIGHT = 300             # nodes that show images or video under their widgets
+PREVIEW_NODES = {"PreviewImage", "SaveAnimatedWEBP", "SaveVideo", "SaveImage", "DreamRelationSynthRelEvaluate",
+                 "DreamRelationMaskVideo", "DreamRelationTrain"}
+
+
+def node_height(class_type, inputs, outputs, widgets, multiline: int) -> int:
+    """A node height that holds its slots, widgets (`multiline` of them text boxes) and any preview, so that no node
+    hides another or its own text."""
+    height = 20 * max(len(inputs), len(outputs)) + 24 * len(widgets) + MULTILINE_HEIGHT * multiline + 20
+    return height + (PREVIEW_HEIGHT if class_type in PREVIEW_NODES else 0)
+
+
+def _grid(ui_nodes, cells) -> None:
+    """Place each node in its (column, row) cell: equal columns, each row as tall as its tallest node, so that
+    groups of whole cells hold exactly their nodes."""
+    columns, rows = sorted({c for c, _ in cells}), sorted({r for _, r in cells})
+    x = {col: 40 + k * (NODE_WIDTH + COLUMN_GAP) for k, col in enumerate(columns)}
+    y, top = {}, 40 + TITLE_HEIGHT + GROUP_TITLE + GROUP_PAD
+    for row in rows:
+        y[row] = top
+        top += max(n["size"][1] for n, c in zip(ui_nodes, cells) if c[1] == row) + TITLE_HEIGHT + ROW_GAP
+    for node, (col, row) in zip(ui_nodes, cells):
+        node["pos"] = [x[col], y[row]]
 
 
 def thumbnail(workflow: dict, title: str, path: Path) -> None:
@@ -265,7 +365,8 @@ def main(argv=None) -> int:
     OUT.mkdir(exist_ok=True)
     for name, spec in WORKFLOWS.items():
         title, nodes, links = spec()
-        workflow = build(title, nodes, links, info)
+        note, groups = GUIDES[name]
+        workflow = build(title, nodes, links, info, note, groups)
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
         thumbnail(workflow, title, OUT / f"{name}.jpg")
         print(f"wrote {name}.json / .jpg ({len(workflow['nodes'])} nodes)")

@@ -16,14 +16,13 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..archs import SYNTHREL
-from .protocol import get_protocol
-from .render import ATTRIBUTES, LOOKS, RELATIONS, Look, random_pair, render_clip
+from .protocol import DEFAULT, Protocol, get_protocol
+from .render import ATTRIBUTES, RELATIONS, random_pair, render_clip
 
 HELD_OUT = ("pushes", "orbits")
 KNOWN = tuple(r for r in RELATIONS if r not in HELD_OUT)
 # Strong word order and neighbour context: without them the base cannot tell which colour is which subject.
 TEXT_ENCODING = dict(position_scale=1.0, context=0.5)
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "synthrel_base.safetensors"
 # v2 captions: both subjects named whole in half the clips, "a shape" in 0.15, any other subset of attributes else.
 FULL_NAMING, GENERIC_NAMING = 0.5, 0.15
 
@@ -52,8 +51,9 @@ class PixelCodec:
         return video.clamp(-1, 1)
 
 
-def build_synthrel_base(weights: Path | None = WEIGHTS, seed: int = 0):
-    """The SynthRel `Base`: shipped weights when present (else a random init, for pretraining)."""
+def build_synthrel_base(weights: Path | None = DEFAULT.weights, seed: int = 0):
+    """The SynthRel `Base`: shipped weights (default: the default protocol's) when present, else a random init (for
+    pretraining)."""
     import diffusers
     from safetensors.torch import load_file
 
@@ -82,24 +82,27 @@ def random_naming(rng: random.Random) -> tuple:
     return rng.choice(partial)
 
 
-def random_clip(rng: random.Random, relations=KNOWN, frames: int = SYNTHREL.default_frames,
-                size=SYNTHREL.default_size, look: Look = LOOKS["v1"], textured: bool = False):
-    """(video [3, F, H, W] in [-1, 1], caption) of a random relation with two random distinct-colour subjects;
-    `textured` (v2): random textures too, and captions naming a random subset of attributes (`random_naming`)."""
+def random_clip(rng: random.Random, relations=KNOWN, protocol: Protocol = DEFAULT):
+    """(video [3, F, H, W] in [-1, 1], caption) of a random relation with two random distinct-colour subjects on
+    `protocol`'s clip; textured protocols (v2): random textures too, and captions naming a random subset of
+    attributes (`random_naming`)."""
     relation = rng.choice(relations)
-    s1, s2 = random_pair(rng, textured)
-    named = (random_naming(rng), random_naming(rng)) if textured else (None, None)
-    video, _, caption = render_clip(relation, s1, s2, frames, size, rng.randrange(1 << 30), look, *named)
+    s1, s2 = random_pair(rng, protocol.textured)
+    named = (random_naming(rng), random_naming(rng)) if protocol.textured else (None, None)
+    video, _, caption = render_clip(relation, s1, s2, protocol.frames, protocol.size, rng.randrange(1 << 30),
+                                    protocol.look, *named)
     return torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1, caption
 
 
 def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
              caption_dropout: float = 0.1, sigma_shift: float = 2.0, ema_decay: float = 0.999,
              checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None,
-             protocol: str = "v1") -> Path:
+             protocol: str = "v1", init: Path | None = None) -> Path:
     """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips; resumes from
     `out` if it holds a checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
-    `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`.
+    `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`. `init`: start from
+    these weights (a base of another protocol: same transformer, and RoPE takes the other clip size) instead of a
+    random init; the v2 base starts from the shipped v1 base, which already knows the relations, colours and shapes.
 
     σ is drawn as shift·u / (1 + (shift − 1)·u), u ~ U(0, 1): with shift 2 more of the training goes to σ ≥ 0.5,
     where the layout and the subjects' coherence are decided (a base trained with uniform σ denoised σ ≤ 0.3
@@ -114,7 +117,9 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     clip = get_protocol(protocol)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = build_synthrel_base(weights=None, seed=seed)
+    if init is not None and not Path(init).is_file():
+        raise FileNotFoundError(f"init: no weights file at {init}")
+    base = build_synthrel_base(weights=init, seed=seed)
     model = base.transformer.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -137,7 +142,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     bar = tqdm(total=end, initial=step, desc="pretraining SynthRel base", disable=not progress)
     log = open(out / "log.jsonl", "a")
     while step < end:
-        clips = [random_clip(rng, KNOWN, clip.frames, clip.size, clip.look, clip.textured) for _ in range(batch)]
+        clips = [random_clip(rng, KNOWN, clip) for _ in range(batch)]
         z0, _ = base.codec.encode(torch.stack([c[0] for c in clips]))
         text, mask = base.text_encoder.encode([c[1] for c in clips])
         drop = torch.rand(batch, generator=generator) < caption_dropout
@@ -178,6 +183,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
                                                    "sigma_shift": sigma_shift, "ema_decay": ema_decay,
                                                    "prediction": SYNTHREL.prediction, "known": KNOWN,
                                                    "held_out": HELD_OUT, "protocol": protocol,
+                                                   "init": None if init is None else Path(init).name,
                                                    "transformer": SYNTHREL.tiny_transformer}, indent=2) + "\n")
     return weights
 
@@ -224,15 +230,23 @@ def model_card(run_dir: Path, report: dict) -> str:
              f"{settings['steps']} steps, caption dropout {settings['caption_dropout']}, seed {settings['seed']}, "
              "gradients clipped at norm 1, fp32 on CPU"
              + (f"; the weights are an EMA (decay {settings['ema_decay']})." if "ema_decay" in settings else "."),
+             *([f"- Initialised from `{settings['init']}` (shipped beside these weights), not from random weights: "
+                "the same transformer, already trained on the known relations of another protocol."]
+               if settings.get("init") else []),
              "- Reproduce: " + settings.get("reproduce", "`python -m dreamrelation_core pretrain-synthrel --out "
                                              f"runs/synthrel_base --steps {settings['steps']} --batch "
                                              f"{settings['batch']} --lr {settings['lr']} --seed {settings['seed']}"
-                                             + (f" --protocol {clip.name}" if clip.name != "v1" else "") + "`")
+                                             + (f" --protocol {clip.name}" if clip.name != "v1" else "")
+                                             + (f" --init dreamrelation_core/synthrel/weights/{settings['init']}"
+                                                if settings.get("init") else "") + "`")
              + ".",
              "", "## Loss curve", "", "| step | mean loss |", "|---|---|"]
     lines += [f"| {step} | {loss:.4f} |" for step, loss in curve]
     lines += ["", "## What it renders (evaluator, before any relation LoRA)", "",
-              "| relation | held out | relation accuracy | subjects present |", "|---|---|---|---|"]
+              "| relation | held out | relation accuracy | subjects present | named attributes rendered |",
+              "|---|---|---|---|---|"]
     lines += [f"| {name} | {'yes' if v['held_out'] else ''} | {v['relation_accuracy']:.3f} | "
-              f"{v['subjects_present']:.3f} |" for name, v in report.items()]
+              f"{v['subjects_present']:.3f} | "
+              + (f"{v['attributes_match']:.3f}" if "attributes_match" in v else "") + " |"
+              for name, v in report.items()]
     return "\n".join(lines) + "\n"

@@ -71,6 +71,8 @@ V2 = Protocol(name="v2", frames=9, size=(40, 40), look=LOOKS["v2"], textured=Tru
                               (Subject("green", "dotted", "square"), Subject("yellow", "ringed", "circle"))),
               exemplar_naming=(), lossless=True)
 PROTOCOLS = {p.name: p for p in (V1, V2)}
+# The protocol whose base the demo, the SynthRel nodes and workflow 4 use, and the benchmarks' default.
+DEFAULT = V2
 
 
 def get_protocol(name: str) -> Protocol:

@@ -22,12 +22,9 @@ from ..archs import INFERENCE_ROLES, ROLES, SYNTHREL
 from ..config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..triplet import TripletConfig
 from .base import HELD_OUT, build_synthrel_base
-from .protocol import V1, Protocol
+from .protocol import DEFAULT, Protocol
 from .render import caption as make_caption, write_exemplars
 
-# The protocol of the shipped base, which the demo, the nodes and workflow 4 use (v1 until the v2 base is trained).
-PROTOCOL = V1
-FRAMES, SIZE = PROTOCOL.frames, PROTOCOL.size
 STEPS, CFG = SYNTHREL.sample_steps, SYNTHREL.sample_cfg        # how every SynthRel clip here is sampled
 # LoRA training steps per method (benchmark, demo, workflow 4's widget). On the 48k-step base a LoRA rendered
 # "pushes" on its own training subjects in 1 of 6 clips at 300 steps, 3 of 6 at 1500; on the shipped 72k base more
@@ -39,16 +36,12 @@ TRAIN_STEPS = 1500
 # From 0.4 up, the relation's trajectories get the updates and the exemplars' colours fewer (docs/benchmarks.md).
 TRAIN_SIGMA_MIN = 0.4
 PROMPTS = 8               # unseen subject pairs per relation, each sampled with every seed
-EXEMPLAR_PAIRS = list(PROTOCOL.exemplar_pairs)
-EXEMPLAR_COLOURS = PROTOCOL.exemplar_colours
-TEST_COLOURS = PROTOCOL.test_colours
-test_subjects = PROTOCOL.test_subjects
 BOOTSTRAP_RESAMPLES = 10000
 METHODS = {
     # name: (training overrides, roles applied at inference); methods with the same overrides share one training run
     "dreamrelation": ({}, INFERENCE_ROLES),
-    **{f"dreamrelation_{p}": ({"placement": p}, INFERENCE_ROLES) for p in SYNTHREL.placements if p != "reference"},
     "dreamrelation_all_roles": ({}, ROLES),       # diagnostic: the same triplet, subject LoRAs kept at inference
+    **{f"dreamrelation_{p}": ({"placement": p}, INFERENCE_ROLES) for p in SYNTHREL.placements if p != "reference"},
     "direct_lora": ({"hybrid_masks": False, "rcl": False}, ROLES),
     "no_hmt": ({"hybrid_masks": False}, INFERENCE_ROLES),
     "no_rcl": ({"rcl": False}, INFERENCE_ROLES),
@@ -58,7 +51,7 @@ METHODS = {
 
 
 def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: int,
-               protocol: Protocol = PROTOCOL) -> RunConfig:
+               protocol: Protocol = DEFAULT) -> RunConfig:
     return RunConfig(
         base="synthrel", name="relation", output_dir=str(out), device="cpu",
         data=DataConfig(videos=str(exemplars), frames=protocol.frames, height=protocol.size[0],
@@ -72,14 +65,14 @@ def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: in
         sample=SampleConfig())
 
 
-def sample_clip(base, prompt: str, seed: int, steps: int, cfg: float, protocol: Protocol = PROTOCOL):
+def sample_clip(base, prompt: str, seed: int, steps: int, cfg: float, protocol: Protocol = DEFAULT):
     from ..sampling import generate, to_uint8_frames
 
     height, width = protocol.size
     return to_uint8_frames(generate(base, prompt, protocol.frames, height, width, steps, cfg, seed, progress=False))
 
 
-def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = PROTOCOL) -> dict:
+def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = DEFAULT) -> dict:
     """Evaluator verdicts for every (pair, seed) sample of `base` (with whatever LoRA is active); `clips` keeps
     each verdict in (pair, seed) order for paired comparisons."""
     from .evaluate import evaluate_video
@@ -123,20 +116,33 @@ def compare(results: dict, a: str, b: str, key: str = "relation") -> dict:
 
 def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, steps: int = TRAIN_STEPS,
               prompts: int = PROMPTS, seeds=(0, 1, 2), sample_steps: int = STEPS, cfg: float = CFG,
-              progress: bool = True, protocol: Protocol = PROTOCOL) -> dict:
-    """Train every method on every held-out relation and judge it; returns the JSON-able result."""
+              progress: bool = True, protocol: Protocol = DEFAULT, work: Path | None = None) -> dict:
+    """Train every method on every held-out relation and judge it; returns the JSON-able result.
+
+    `work`: a folder that keeps each judged (relation, method) as `<relation>/<method>.json`, so that a rerun with
+    the same settings and base weights resumes after the last one judged (a run takes hours on a CPU); a file
+    written under other settings is refused by name, never silently reused."""
     from ..trainer import RelationTrainer
     from ..triplet import activate
 
+    settings = {"protocol": protocol.name, "base_sha256": _sha256(protocol.weights), "exemplars": exemplars,
+                "steps": steps, "prompts": prompts, "seeds": list(seeds), "sample_steps": sample_steps, "cfg": cfg,
+                "train_sigma_min": TRAIN_SIGMA_MIN}
     results = {m: {"per_relation": {}} for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) if work is None else Path(work)
         for relation in relations:
-            folder = write_exemplars(Path(tmp) / relation.replace(" ", "_"), relation, exemplars,
-                                     protocol.exemplar_pairs, protocol.frames, protocol.size, look=protocol.look,
-                                     named=protocol.exemplar_naming, lossless=protocol.lossless)
+            folder = root / relation.replace(" ", "_")
+            exemplar_folder = write_exemplars(folder / "exemplars", relation, exemplars, protocol.exemplar_pairs,
+                                              protocol.frames, protocol.size, seed=0, look=protocol.look,
+                                              named=protocol.exemplar_naming, lossless=protocol.lossless)
             pairs = protocol.test_subjects(prompts)
             trained = {}      # training overrides -> (base with the trained triplet, seconds it took)
             for method in methods:
+                done = folder / f"{method}.json"
+                if done.is_file():
+                    results[method]["per_relation"][relation] = _cached_verdict(done, settings)
+                    continue
                 overrides, roles = METHODS[method]
                 if overrides is None:
                     base, train_seconds = build_synthrel_base(protocol.weights), 0.0
@@ -144,8 +150,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                     key = json.dumps(overrides, sort_keys=True)
                     if key not in trained:
                         start = time.time()
-                        config = run_config(Path(tmp) / f"{relation}_{method}", folder, steps, overrides, 0,
-                                            protocol)
+                        config = run_config(folder / method, exemplar_folder, steps, overrides, 0, protocol)
                         trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights),
                                                   progress=progress)
                         trainer.train()
@@ -156,6 +161,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                 verdict = judge(base, relation, pairs, seeds, sample_steps, cfg, protocol)
                 verdict["train_seconds"] = train_seconds
                 results[method]["per_relation"][relation] = verdict
+                if work is not None:
+                    _write_json_atomic(done, {"settings": settings, "verdict": verdict})
     for method, result in results.items():
         rel = result["per_relation"].values()
         result["relation_accuracy"] = statistics.mean(v["relation_accuracy"] for v in rel)
@@ -185,8 +192,31 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
             "test_colours": protocol.test_colours}
 
 
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _cached_verdict(path: Path, settings: dict) -> dict:
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != settings:
+        differ = sorted(k for k in settings.keys() | saved.get("settings", {}).keys()
+                        if saved.get("settings", {}).get(k) != settings.get(k))
+        raise ValueError(f"{path} was judged with other settings ({', '.join(differ)} differ): use another work "
+                         "folder, or delete it to start over")
+    return saved["verdict"]
+
+
 def markdown(result: dict) -> str:
-    lines = ["## SynthRel quality benchmark",
+    lines = [f"## SynthRel quality benchmark (protocol {result.get('protocol', 'v1')})",
              "",
              f"Held-out relations {', '.join(result['relations'])}; {result['exemplars']} exemplars each (subjects "
              f"from two appearance pairs, colours {', '.join(result['exemplar_colours'])}); {result['steps']} "
@@ -214,7 +244,7 @@ def markdown(result: dict) -> str:
 
 
 def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int = STEPS, cfg: float = CFG,
-                progress: bool = True, protocol: Protocol = PROTOCOL) -> dict:
+                progress: bool = True, protocol: Protocol = DEFAULT) -> dict:
     """Per-relation accuracy of the pretrained base on random subject pairs (named whole): known relations should be
     rendered well, held-out ones should not be, and the named attributes should show (prompt fidelity)."""
     import random
@@ -243,12 +273,14 @@ def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int =
     return report
 
 
-def base_markdown(report: dict) -> str:
+def base_markdown(report: dict, protocol: str = DEFAULT.name) -> str:
     known = [v["relation_accuracy"] for v in report.values() if not v["held_out"]]
-    lines = ["## SynthRel base: what it renders before any relation LoRA",
+    known_attributes = [v.get("attributes_match", 0.0) for v in report.values() if not v["held_out"]]
+    lines = [f"## SynthRel base (protocol {protocol}): what it renders before any relation LoRA",
              "",
-             f"Known relations: mean relation accuracy **{statistics.mean(known):.3f}**; held-out relations are "
-             "not in its training data.",
+             f"Known relations: mean relation accuracy **{statistics.mean(known):.3f}**, named attributes rendered "
+             f"in **{statistics.mean(known_attributes):.3f}** of the clips; held-out relations are not in its "
+             "training data.",
              "",
              "| relation | held out | relation accuracy | subjects present | named attributes rendered |",
              "|---|---|---|---|---|"]

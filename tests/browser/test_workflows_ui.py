@@ -87,7 +87,7 @@ def test_workflow_file_loads_with_every_value_it_means(ui, path):
     assert {value for _, value in ui.control_values()} <= {"fixed"}       # every seed stays as shipped
     assert_layout_reads(ui.layout(), path.stem)
     shots = os.environ.get("DREAMRELATION_SCREENSHOTS")
-    if shots and ui.version and not ui.version.startswith("1.27"):
+    if shots and ui.version and not ui.version.startswith("1.27") and not ui.vue_nodes:     # the README's pictures
         Path(shots).mkdir(parents=True, exist_ok=True)
         ui.fit_and_screenshot(Path(shots) / f"{path.stem}.png")
 

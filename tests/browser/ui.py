@@ -22,6 +22,7 @@ class FrontendPage:
 
     def open(self, vue_nodes: bool = False) -> None:
         """Load the frontend; `vue_nodes`: switch on its Vue node renderer, as its settings dialog does."""
+        self.vue_nodes = vue_nodes
         self.page.goto(self.server.url)
         self.page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         self.version = self.page.evaluate("window.__COMFYUI_FRONTEND_VERSION__ ?? null")

@@ -19,13 +19,16 @@ def test_native_base_predicts_what_the_diffusers_base_does(pack, synthrel):
     from dreamrelation_core.archs import SYNTHREL
     from dreamrelation_core.synthrel.base import build_synthrel_base
 
+    from dreamrelation_core.synthrel.protocol import DEFAULT
+
     model, clip, _ = synthrel
-    base = build_synthrel_base()
-    prompt = "a red circle pushes a blue square"
+    base = build_synthrel_base(DEFAULT.weights)
+    prompt = "a red striped circle pushes a shape"
     text, mask = base.text_encoder.encode([prompt])
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
     assert torch.equal(cond[0][0], text)
-    x = torch.randn(1, 12, 9, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 12, DEFAULT.frames, DEFAULT.size[0] // 2, DEFAULT.size[1] // 2,
+                    generator=torch.Generator().manual_seed(0))
     for sigma in (0.9, 0.4):
         s = torch.tensor([sigma])
         with torch.no_grad():
@@ -46,43 +49,54 @@ def test_vae_is_the_exact_pixel_map(synthrel):
 
 
 def test_exemplars_node_and_evaluator_on_ground_truth(pack):
-    from dreamrelation_core.synthrel.quality import EXEMPLAR_COLOURS
-    from dreamrelation_core.synthrel.render import parse_caption, render_clip
+    """The exemplars node renders the default protocol's exemplars (generic captions, exact masks) and a prompt of
+    unseen subjects; the evaluate node passes a ground-truth render of that prompt, fails another relation and names
+    an exemplar texture that leaks into a test subject."""
+    from dreamrelation_core.synthrel.protocol import DEFAULT as p
+    from dreamrelation_core.synthrel.render import Subject, parse_caption, render_clip
 
     nodes = pack["nodes"].synthrel
     items, frames, prompt = nodes.SynthRelExemplars.execute("orbits", 3, 5).result
     assert [i["name"] for i in items] == ["clip_00", "clip_01", "clip_02"]
-    assert frames.shape == (27, 32, 32, 3) and items[0]["masks"].shape == (9, 2, 32, 32)
-    assert all(i["caption"].startswith("a ") and " orbits " in i["caption"] for i in items)
-    # masks mark exactly the subject's pixels: its colour inside the mask
-    pairs = [(c, s) for c, _, s in parse_caption(items[1]["caption"])[1:]]
-    video, masks, _ = render_clip("orbits", *pairs, 9, (32, 32), seed=6)
+    height, width = p.size
+    assert frames.shape == (3 * p.frames, height, width, 3) and items[0]["masks"].shape == (p.frames, 2, height, width)
+    assert [i["caption"] for i in items] == ["a shape orbits a shape"] * 3
+    # clip 1: the second exemplar pair, seed 5 + 1; its masks mark exactly the subjects' pixels
+    video, masks, _ = render_clip("orbits", *p.exemplar_pairs[1], p.frames, p.size, 6, p.look, (), ())
     assert torch.equal(items[1]["masks"], torch.from_numpy(masks).float())
+    assert torch.allclose(items[1]["frames"], torch.from_numpy(video).float() / 255)
     relation, s1, s2 = parse_caption(prompt)
-    assert relation == "orbits" and not {s1[0], s2[0]} & set(EXEMPLAR_COLOURS)
+    assert relation == "orbits" and (s1, s2) == p.test_subjects(1)[0]
 
-    s1, s2 = (s1.colour, s1.shape), (s2.colour, s2.shape)
-    truth, _, _ = render_clip("orbits", s1, s2, 9, (32, 32), seed=0)
-    verdict = nodes.SynthRelEvaluate.execute(torch.from_numpy(truth).float() / 255, prompt)
-    assert verdict.result[0].startswith("PASS") and verdict.ui.as_dict()["text"] == (verdict.result[0],)
-    other, _, _ = render_clip("approaches", s1, s2, 9, (32, 32), seed=0)
-    assert nodes.SynthRelEvaluate.execute(torch.from_numpy(other).float() / 255, prompt).result[0].startswith("FAIL")
+    def judge(relation, subject1, subject2) -> str:
+        truth, _, _ = render_clip(relation, subject1, subject2, p.frames, p.size, 0, p.look)
+        verdict = nodes.SynthRelEvaluate.execute(torch.from_numpy(truth).float() / 255, prompt)
+        assert verdict.ui.as_dict()["text"] == (verdict.result[0],)
+        return verdict.result[0]
+
+    assert judge("orbits", s1, s2).startswith("PASS") and judge("orbits", s1, s2).endswith("leaked: none")
+    assert judge("approaches", s1, s2).startswith("FAIL")
+    exemplar_texture = p.exemplar_pairs[0][0].texture
+    leaky = judge("orbits", Subject(s1.colour, exemplar_texture, s1.shape), s2)
+    assert "not all rendered" in leaky and leaky.endswith(f"leaked: {exemplar_texture}")
     with pytest.raises(ValueError, match="not a SynthRel caption"):
-        nodes.SynthRelEvaluate.execute(torch.from_numpy(truth).float() / 255, "a bear orbits a raccoon")
+        nodes.SynthRelEvaluate.execute(torch.from_numpy(video).float() / 255, "a bear orbits a raccoon")
 
 
 def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
     """The training node runs on the native SynthRel model (SynthRel latent geometry, not Wan's), the saved LoRA
-    maps fully onto ComfyUI keys, and Relation Sample renders a 9-frame 32×32 clip with it."""
+    maps fully onto ComfyUI keys, and Relation Sample renders a clip of the protocol's size with it."""
     from dreamrelation_core.archs import SYNTHREL
     from dreamrelation_core.formats import comfyui_unmapped_keys
+    from dreamrelation_core.synthrel.protocol import DEFAULT
 
+    (height, width), frames = DEFAULT.size, DEFAULT.frames
     nodes = pack["nodes"]
     model, clip, vae = synthrel
     exemplars, _, prompt = nodes.synthrel.SynthRelExemplars.execute("pushes", 2, 0).result
-    trained, lora_path = nodes.TrainRelationTriplet.execute(
-        model, clip, vae, exemplars, "synthrel_pushes", 3, 1e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False,
-        False).result
+    trained, lora_path, _ = nodes.TrainRelationTriplet.execute(
+        model, clip, vae, exemplars, "synthrel_pushes", 3, 1e-3, 4, 4.0, width, height, frames, 50.0, 0.01, 0, 0,
+        False, False).result
     with safe_open(lora_path, "pt") as f:
         meta = json.loads(f.metadata()["dreamrelation"])
         keys = list(f.keys())
@@ -92,7 +106,7 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
 
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    images = nodes.RelationSample.execute(trained, positive, negative, vae, 32, 32, 9, 4, 4.0, 0).result[0]
-    assert images.shape == (9, 32, 32, 3) and 0 <= images.min() and images.max() <= 1
-    before = nodes.RelationSample.execute(model, positive, negative, vae, 32, 32, 9, 4, 4.0, 0).result[0]
+    images = nodes.RelationSample.execute(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0).result[0]
+    assert images.shape == (frames, height, width, 3) and 0 <= images.min() and images.max() <= 1
+    before = nodes.RelationSample.execute(model, positive, negative, vae, width, height, frames, 4, 4.0, 0).result[0]
     assert not np.allclose(images.numpy(), before.numpy())      # the LoRA changes what is drawn
