@@ -73,7 +73,9 @@ class Architecture:
         return (pixel_frames - 1) // r + 1
 
     def transformer_kwargs(self, latents, sigma, text, text_mask) -> dict:
-        kwargs = dict(hidden_states=latents, timestep=self.timestep_of_sigma(sigma).to(latents.dtype),
+        # The timestep stays fp32 whatever the latents' dtype: in bf16, 1000·σ is off by up to 2 (σ by 0.002), and
+        # the models' own timestep embeddings compute their sinusoids from it before casting.
+        kwargs = dict(hidden_states=latents, timestep=self.timestep_of_sigma(sigma.to(torch.float32)),
                       encoder_hidden_states=text, return_dict=False)
         if self.text_mask_kwarg:
             kwargs[self.text_mask_kwarg] = text_mask

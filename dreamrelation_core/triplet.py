@@ -133,12 +133,15 @@ def set_strengths(model: torch.nn.Module, strengths: dict) -> None:
 def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None) -> None:
     """Merge relation + ffn into the base weights (subjects dropped), as DreamRelation infers (METHOD.md §8).
 
-    `strengths` (role -> float, default 1.0) scale each merged role. Afterwards the model runs no LoRA branch.
+    `strengths` (role -> float, default 1.0) scale each merged role; a subject role given a nonzero strength is
+    merged too (an experiment: the subject LoRAs carry the exemplars' looks). Afterwards the model runs no LoRA
+    branch.
     """
     strengths = {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
     set_strengths(model, strengths)
+    merged_roles = [r for r in ROLES if strengths.get(r, 0.0) != 0.0]
     for _, layer in lora_layers(model):
-        roles = [r for r in INFERENCE_ROLES if r in layer.lora_A and strengths.get(r, 0.0) != 0.0]
+        roles = [r for r in merged_roles if r in layer.lora_A]
         if roles:
             layer.merge(adapter_names=roles)
     activate(model, ())

@@ -117,3 +117,14 @@ def test_train_sigma_range_and_shift():
     assert shifted.mean() > 0.6                                   # shift moves mass towards noise
     with pytest.raises(ValueError, match="sigma range"):
         train_sigmas(1, g, low=0.5, high=0.5)
+
+
+@pytest.mark.parametrize("arch", [WAN, MOCHI], ids=["wan", "mochi"])
+def test_timestep_stays_fp32_with_bf16_latents(arch):
+    """bf16 latents (CUDA training and sampling) must not round the noise-level conditioning: 1000·σ in bf16 is off
+    by up to 2."""
+    sigma = torch.tensor([0.123456, 0.987654])
+    kwargs = arch.transformer_kwargs(torch.zeros(2, 4, 1, 2, 2, dtype=torch.bfloat16), sigma, None, None)
+    assert kwargs["timestep"].dtype == torch.float32
+    assert torch.allclose(kwargs["timestep"], arch.timestep_of_sigma(sigma.double()).float(), rtol=0, atol=1e-4)
+    assert not torch.allclose(kwargs["timestep"], kwargs["timestep"].bfloat16().float(), rtol=0, atol=1e-2)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dreamrelation_core.archs import MOCHI, WAN
+from dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, ROLES, WAN
 from dreamrelation_core.triplet import (GROUP_ROLES, TripletConfig, activate, inject_triplet, lora_parameters,
                                         merge_inference_set, resolve_targets, role_parameters)
 
@@ -159,6 +159,22 @@ def test_merged_inference_equals_unmerged_relation_and_ffn(make_tiny, arch):
         merged = arch.velocity(model, *x)
     assert torch.allclose(merged, unmerged, atol=1e-5)
     assert not torch.allclose(with_subjects, unmerged, atol=1e-3)       # subjects really are dropped
+
+
+def test_subject_strength_merges_the_subject_loras_too(make_tiny):
+    """`sample --subject-strength` (an experiment): strength 1 merges the subject LoRAs as well, giving what all four
+    roles give unmerged; strength 0 gives the inference set. They used to be the same."""
+    for strength, active in ((1.0, ROLES), (0.0, INFERENCE_ROLES)):
+        model = make_tiny(WAN)
+        inject_triplet(model, WAN, TripletConfig(rank=4, alpha=8))
+        randomize_lora(model)
+        x = inputs(WAN, model)
+        with torch.no_grad():
+            activate(model, active)
+            unmerged = WAN.velocity(model, *x)
+            merge_inference_set(model, {"subject1": strength, "subject2": strength})
+            merged = WAN.velocity(model, *x)
+        assert torch.allclose(merged, unmerged, atol=1e-5), strength
 
 
 def test_strengths_scale_the_merged_delta(make_tiny):
