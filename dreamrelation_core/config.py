@@ -94,13 +94,60 @@ def _build(cls, values, where: str):
     kwargs = {}
     for name, value in values.items():
         default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
-        kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip(".")) \
-            if dataclasses.is_dataclass(default) else value
+        key = f"{where}.{name}".lstrip(".")
+        kwargs[name] = _build(type(default), value, key) if dataclasses.is_dataclass(default) \
+            else _typed(value, str(fields[name].type), key)
     return cls(**kwargs)
 
 
+def _typed(value, annotation: str, key: str):
+    """`value` as the field's type, or a ValueError naming the key and what it expects. A float written as 2e-4
+    (which YAML 1.1 reads as a string) is taken as the number it is."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+    elif "bool" in kinds and isinstance(value, bool):
+        return value
+    elif "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif "float" in kinds and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif "str" in kinds and isinstance(value, str):
+        return value
+    elif any(k.startswith(("list", "dict")) for k in kinds) and isinstance(value, (list, dict)):
+        return value
+    elif kinds == ["Any"] or annotation in ("", "object"):
+        return value
+    raise ValueError(f"config key {key}: expected {annotation.replace(' | None', ' or null')}, got {value!r}")
+
+
+# Values that must be positive (or at least zero) wherever they are set.
+_POSITIVE = {"train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank", "lora.alpha"}
+_NON_NEGATIVE = {"train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
+
+
+def _check_ranges(config: "RunConfig") -> None:
+    flat = {f"{section}.{k}": v for section in ("train", "lora", "sample", "rcl")
+            for k, v in dataclasses.asdict(getattr(config, section)).items()}
+    for key in sorted(_POSITIVE):
+        if key in flat and isinstance(flat[key], (int, float)) and not flat[key] > 0:
+            raise ValueError(f"config key {key}: must be greater than 0, got {flat[key]!r}")
+    for key in sorted(_NON_NEGATIVE):
+        if key in flat and isinstance(flat[key], (int, float)) and flat[key] < 0:
+            raise ValueError(f"config key {key}: must be 0 or more, got {flat[key]!r}")
+
+
 def config_from_dict(values: dict) -> RunConfig:
-    return _build(RunConfig, values, "")
+    config = _build(RunConfig, values, "")
+    _check_ranges(config)
+    return config
 
 
 def load_config(path) -> RunConfig:
@@ -108,7 +155,16 @@ def load_config(path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    config = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a run config is a mapping of keys (base, data, lora, train, ...), got "
+                         f"{type(values).__name__}")
+    config = config_from_dict(values)
+    if not config.data.videos:
+        raise ValueError(f"{path}: data.videos is not set; give the folder of exemplar videos")
     for owner, key in ((config.data, "videos"), (config.data, "masks"), (config.data, "cache_dir"),
                        (config, "base"), (config, "components")):
         value = getattr(owner, key)

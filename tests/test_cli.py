@@ -74,6 +74,34 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert "train.stepz" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  steps: 0\n", "train.steps: must be greater than 0, got 0"),
+    ("train:\n  steps: -5\n", "train.steps: must be greater than 0, got -5"),
+    ("train:\n  steps: many\n", "train.steps: expected int, got 'many'"),
+    ("train:\n  gradient_checkpointing: maybe\n", "train.gradient_checkpointing: expected bool"),
+    ("lora:\n  rank: 4.5\n", "lora.rank: expected int, got 4.5"),
+    ("train:\n  steps: [3\n", "is not valid YAML"),
+    ("- a\n- b\n", "a run config is a mapping"),
+    ("base: tiny-wan\n", "data.videos is not set"),
+])
+def test_bad_config_values_are_named(tmp_path, capsys, text, message):
+    """Wrong values, types and YAML are refused by key before anything runs (no traceback, no untrained LoRA)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(("" if text.startswith(("- ", "base")) else "data:\n  videos: clips\n") + text)
+    assert main(["train", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 2e-4 as a string; the config takes it as the float it means."""
+    from dreamrelation_core.config import load_config
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("data:\n  videos: clips\ntrain:\n  learning_rate: 2e-4\n  mask_weight: 50\n")
+    config = load_config(path)
+    assert config.train.learning_rate == 2e-4 and isinstance(config.train.mask_weight, float)
+
+
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "dreamrelation_core", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
