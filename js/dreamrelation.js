@@ -188,19 +188,12 @@ app.registerExtension({
     },
 
     async beforeRegisterNodeDef(nodeType, nodeData) {
-        if (nodeData.name === "DreamRelationMaskVideo") {
+        const addWidget = { DreamRelationMaskVideo: addBoxEditor, DreamRelationTrain: addLossChart }[nodeData.name];
+        if (addWidget) {
             const onNodeCreated = nodeType.prototype.onNodeCreated;
             nodeType.prototype.onNodeCreated = function () {
                 const result = onNodeCreated?.apply(this, arguments);
-                addBoxEditor(this);
-                return result;
-            };
-        }
-        if (nodeData.name === "DreamRelationTrain") {
-            const onNodeCreated = nodeType.prototype.onNodeCreated;
-            nodeType.prototype.onNodeCreated = function () {
-                const result = onNodeCreated?.apply(this, arguments);
-                addLossChart(this);
+                addWidget(this);
                 return result;
             };
         }

@@ -12,6 +12,15 @@ MAX_RESOLUTION = 16384
 Exemplars = io.Custom("DR_EXEMPLARS")
 
 
+def prompt_server():
+    """ComfyUI's running PromptServer, or None (no server: tests, scripts), for messages to the frontend."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
 def image_to_uint8(images: torch.Tensor) -> np.ndarray:
     """ComfyUI IMAGE [F, H, W, C] float in [0, 1] -> uint8 RGB [F, H, W, 3]."""
     return (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..dreamrelation_core.data import read_color_masks
 from ..dreamrelation_core.tracking import box_masks, grabcut_masks, overlay, parse_box, track_box
-from .common import CATEGORY, image_to_uint8, uint8_to_image
+from .common import CATEGORY, image_to_uint8, prompt_server, uint8_to_image
 
 
 def _check(mask: torch.Tensor, frames: int, height: int, width: int, name: str) -> np.ndarray:
@@ -93,11 +93,8 @@ class MaskVideo(io.ComfyNode):
 
 def send_frame(node_id, frame: np.ndarray, masked: bool) -> None:
     """Show `frame` (uint8 [H, W, 3]) in the node's box editor: the plain first frame, or with the masks tinted."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    if getattr(PromptServer, "instance", None) is None or node_id is None:
+    server = prompt_server()
+    if server is None or node_id is None:
         return
     import base64
     import io as bytes_io
@@ -106,6 +103,6 @@ def send_frame(node_id, frame: np.ndarray, masked: bool) -> None:
 
     png = bytes_io.BytesIO()
     Image.fromarray(frame).save(png, format="PNG")
-    PromptServer.instance.send_sync("dreamrelation.frame", {
+    server.send_sync("dreamrelation.frame", {
         "node": str(node_id), "width": int(frame.shape[1]), "height": int(frame.shape[0]), "masked": masked,
         "image": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()})

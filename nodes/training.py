@@ -25,7 +25,7 @@ from ..dreamrelation_core.masks import latent_masks
 from ..dreamrelation_core.trainer import RelationTrainer, latest_checkpoint
 from ..dreamrelation_core.triplet import TripletConfig
 from .comfy_backend import SIGMA_FLOOR, ComfyBackend
-from .common import CATEGORY, MAX_RESOLUTION, Exemplars, image_to_uint8
+from .common import CATEGORY, MAX_RESOLUTION, Exemplars, image_to_uint8, prompt_server
 
 # Role placements any family offers; one a model's family lacks is refused before its exemplars are encoded.
 PLACEMENTS = ["default", *sorted({name for arch in MODEL_FAMILIES.values() for name in arch.placements})]
@@ -230,12 +230,9 @@ def _preview_image(frames):
 
 def _progress_text(text: str, node_id) -> None:
     """Loss under the node in the UI (only when a server is running)."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    if getattr(PromptServer, "instance", None) is not None and node_id is not None:
-        PromptServer.instance.send_progress_text(text, node_id)
+    server = prompt_server()
+    if server is not None and node_id is not None:
+        server.send_progress_text(text, node_id)
 
 
 RUN_FILE = "run.json"      # in the run folder: the settings and exemplars its checkpoints were trained with
@@ -299,13 +296,10 @@ def _logged_losses(run: Path, upto: int | None = None) -> list[tuple[int, float]
 
 def _send_loss(node_id, points, steps: int, reset: bool = False) -> None:
     """Feed the node's live loss chart (js/dreamrelation.js): `points` (step, loss), after clearing it if `reset`."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    if getattr(PromptServer, "instance", None) is not None and node_id is not None:
-        PromptServer.instance.send_sync("dreamrelation.loss", {"node": str(node_id), "steps": steps, "reset": reset,
-                                                               "points": [[s, float(l)] for s, l in points]})
+    server = prompt_server()
+    if server is not None and node_id is not None:
+        server.send_sync("dreamrelation.loss", {"node": str(node_id), "steps": steps, "reset": reset,
+                                                "points": [[s, float(l)] for s, l in points]})
 
 
 def _publish(lora: Path, name: str) -> Path:

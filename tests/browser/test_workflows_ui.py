@@ -6,7 +6,6 @@ import json
 import urllib.parse
 import urllib.request
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -107,7 +106,7 @@ def test_new_nodes_keep_their_seed_fixed_and_small_floats(ui):
     check can fail), and typed small hyper-parameters are kept, not rounded away."""
     ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
              "extra": {}, "version": 0.4})
-    train, sampler = ui.add_node("DreamRelationTrain"), ui.add_node("KSampler")
+    train, _ = ui.add_node("DreamRelationTrain"), ui.add_node("KSampler")
     assert dict(ui.control_values()) == {"DreamRelationTrain": "fixed", "KSampler": "randomize"}
     for name, value in (("rcl_weight", 0.01), ("rcl_weight", 0.002), ("learning_rate", 1e-6),
                         ("learning_rate", 3e-5), ("mask_weight", 12.5), ("sigma_min", 0.875)):
@@ -130,13 +129,7 @@ def test_synthrel_demo_runs_from_the_ui(ui):
     ui.set_widget(train, "lora_name", lora)
     for node in ids["DreamRelationSample"]:
         ui.set_widget(node, "steps", 3)
-    before = set(ui.server.get("/history"))
-    ui.run()
-    deadline = time.time() + 600
-    while time.time() < deadline and not set(ui.server.get("/history")) - before:
-        time.sleep(1)
-    (prompt_id,) = set(ui.server.get("/history")) - before
-    history = ui.server.wait(prompt_id, timeout=600)
+    history = ui.run_and_wait()
     assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
     for node in ids["SaveAnimatedWEBP"]:
         (image,) = history["outputs"][str(node)]["images"]

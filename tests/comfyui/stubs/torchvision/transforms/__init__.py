@@ -1,14 +1,3 @@
 """Stand-in (see the package docstring)."""
-import enum
-
 from . import functional, v2  # noqa: F401
-
-
-class InterpolationMode(enum.Enum):
-    NEAREST = "nearest"
-    NEAREST_EXACT = "nearest-exact"
-    BILINEAR = "bilinear"
-    BICUBIC = "bicubic"
-    BOX = "box"
-    HAMMING = "hamming"
-    LANCZOS = "lanczos"
+from .functional import InterpolationMode  # noqa: F401  (defined there, as in torchvision)
