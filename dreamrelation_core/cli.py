@@ -12,7 +12,7 @@ def _train(args) -> int:
     from .trainer import RelationTrainer
 
     config = load_config(args.config)
-    trainer = RelationTrainer(config, output_dir=args.out)
+    trainer = RelationTrainer(config, output_dir=args.out, overwrite=args.overwrite)
     if args.resume:
         print(f"resumed at step {trainer.resume(args.resume)}")
     lora = trainer.train(max_steps=args.max_steps)
@@ -94,7 +94,8 @@ def _pretrain_synthrel(args) -> int:
     from .synthrel.base import pretrain
 
     path = pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                    max_steps=args.max_steps, protocol=args.protocol, init=args.init)
+                    max_steps=args.max_steps, protocol=args.protocol, init=args.init,
+                    sigma_shift=args.sigma_shift)
     print(f"{'checkpoint (rerun to resume)' if path.suffix == '.pt' else 'weights'}: {path}")
     return 0
 
@@ -107,9 +108,30 @@ def _demo(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dreamrelation_core",
                                      description="DreamRelation: relation LoRA triplets for video DiTs")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a relation LoRA triplet from a YAML config")
@@ -117,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: output_dir of the config)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total (the LR schedule is unchanged)")
     p.add_argument("--resume", help="checkpoint folder, or a run folder to continue from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train anew into an output folder that holds checkpoints of an earlier run (deletes them)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="generate a video with a relation LoRA (relation + ffn)")
@@ -125,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", help="relation LoRA .safetensors (omit for the plain base)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt")
-    p.add_argument("--frames", type=int)
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--cfg", type=float)
+    p.add_argument("--frames", type=_positive_int)
+    p.add_argument("--height", type=_positive_int)
+    p.add_argument("--width", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--cfg", type=_finite_float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--relation-strength", type=float, default=1.0)
     p.add_argument("--ffn-strength", type=float, default=1.0)
@@ -173,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("v1", "v2"), default="v1",
                    help="v1: plain subjects, 32×32; v2: textured subjects, partly generic captions, 40×40")
     p.add_argument("--init", help="start from these weights (e.g. the shipped v1 base) instead of a random init")
+    p.add_argument("--sigma-shift", type=float, default=2.0,
+                   help="noise-level shift s of σ = s·u / (1 + (s − 1)·u): above 1, more steps at high noise")
     p.set_defaults(func=_pretrain_synthrel)
 
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "
@@ -184,12 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Errors a user can fix print one line and exit 2 (`--debug` shows the traceback); Ctrl-C exits 130 and
+    SIGTERM 143, saying whether a checkpoint was saved."""
+    import signal
+
+    from .trainer import TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except TrainingInterrupted as stop:
+        print(f"interrupted after step {stop.step}: checkpoint saved in {stop.checkpoint}; continue with "
+              f"--resume {stop.checkpoint.parent.parent}", file=sys.stderr)
+        return 143 if stop.signum == signal.SIGTERM else 130
     except KeyboardInterrupt:
-        print("interrupted (a checkpoint was saved; continue with --resume)", file=sys.stderr)
+        if args.debug:
+            raise
+        print("interrupted before a training step finished: no new checkpoint" if args.command == "train"
+              else "interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """A user-facing message: the error's own, with a full disk or a refused write named as such."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device writing {exc.filename or 'a file'}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: cannot write {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    max_grad_norm: float | None = None  # clip the LoRA gradients' norm (the reference never clips; off by default)
 
 
 @dataclass
@@ -80,6 +83,9 @@ class RunConfig:
     rcl: RCLConfig = field(default_factory=RCLConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    def __post_init__(self):      # validated where it is built: the CLI, the nodes and the benchmarks alike
+        _check_ranges(self)
+
 
 def _build(cls, values, where: str):
     if values is None:
@@ -89,7 +95,11 @@ def _build(cls, values, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; "
+        def named(key):
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            return f"{where}.{key}".lstrip(".") + (f" (did you mean {f'{where}.{close[0]}'.lstrip('.')}?)"
+                                                    if close else "")
+        raise ValueError(f"unknown config key(s) {', '.join(named(k) for k in unknown)}; "
                          f"expected some of {sorted(fields)}")
     kwargs = {}
     for name, value in values.items():
@@ -130,7 +140,12 @@ def _typed(value, annotation: str, key: str):
 
 # Values that must be positive (or at least zero) wherever they are set.
 _POSITIVE = {"train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank", "lora.alpha"}
-_NON_NEGATIVE = {"train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
+_NON_NEGATIVE = {"train.max_grad_norm", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
+
+
+_CHOICES = {"train.mixed_precision": ("auto", "bf16", "fp16", "fp32", "no"),
+            "train.base_dtype": ("auto", "bf16", "fp16", "fp32")}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?")
 
 
 def _check_ranges(config: "RunConfig") -> None:
@@ -142,12 +157,21 @@ def _check_ranges(config: "RunConfig") -> None:
     for key in sorted(_NON_NEGATIVE):
         if key in flat and isinstance(flat[key], (int, float)) and flat[key] < 0:
             raise ValueError(f"config key {key}: must be 0 or more, got {flat[key]!r}")
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ValueError(f"config key {key}: expected one of {', '.join(choices)}, got {flat[key]!r}")
+    if not _DEVICE.fullmatch(str(config.device)):
+        raise ValueError(f"config key device: expected auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
+    t = config.train
+    if not 0 <= t.sigma_min < t.sigma_max <= 1:
+        raise ValueError(f"config keys train.sigma_min/sigma_max: expected 0 ≤ sigma_min < sigma_max ≤ 1, got "
+                         f"{t.sigma_min} and {t.sigma_max}")
+    if not 0 <= t.caption_dropout <= 1:
+        raise ValueError(f"config key train.caption_dropout: expected a probability in [0, 1], got {t.caption_dropout}")
 
 
 def config_from_dict(values: dict) -> RunConfig:
-    config = _build(RunConfig, values, "")
-    _check_ranges(config)
-    return config
+    return _build(RunConfig, values, "")
 
 
 def load_config(path) -> RunConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,8 +171,8 @@ def subject_colors(
     result = sorted(tuple(int(v) for v in c) for c in chosen)
     if len(result) > 2:
         raise ValueError(
-            f"mask frame has {len(result)} subject colours {result}; expected at most 2 "
-            "(pass colors= with the two subject colours, or fix the masks)"
+            f"the masks have {len(result)} subject colours {result[:6]}; expected at most 2: one flat colour per "
+            "subject on black (save mask frames as PNG, not JPEG, or a mask video at high quality)"
         )
     return result
 
@@ -200,14 +201,14 @@ def read_color_masks(
 
     ``path`` is a folder of colour-coded frames or a mask video (see ``read_video``).
     Subject ``s`` has colour ``colors[s]``; by default the colours come from
-    ``subject_colors`` on the first frame (compression-noise variants within ``tolerance``
+    ``subject_colors`` over all frames (compression-noise variants within ``tolerance``
     merged). A pixel belongs to subject ``s`` when its max-abs RGB distance to that colour
     is <= ``tolerance``; a pixel close to two colours goes to the nearer one. Subjects
     without a colour (fewer colours than ``num_subjects``) are all zero, as in the reference.
     """
     frames, _ = read_video(path, max_frames=max_frames)
-    if colors is None:
-        colors = subject_colors(frames[0], merge_tolerance=tolerance)
+    if colors is None:   # over all frames: a subject may enter after the first
+        colors = subject_colors(frames.reshape(-1, *frames.shape[2:]), merge_tolerance=tolerance)
     colors = [tuple(int(v) for v in c) for c in colors]
     if len(colors) > num_subjects:
         raise ValueError(f"{len(colors)} mask colours {colors} for {num_subjects} subjects in {path}")
@@ -224,6 +225,17 @@ def read_color_masks(
         for s in range(len(colors)):
             masks[t, s] = close & (nearest == s)
     return masks
+
+
+def check_subject_masks(masks: np.ndarray, name: str) -> None:
+    """Refuse masks with no subject at all (hybrid mask training would weight nothing); warn when one subject
+    never appears (its group's steps then train on the unmasked loss only)."""
+    present = [bool(masks[:, s].any()) for s in range(masks.shape[1])]
+    if not any(present):
+        raise ValueError(f"exemplar {name}: its masks are all black; paint each subject in its own colour")
+    for s, here in enumerate(present):
+        if not here:
+            warnings.warn(f"exemplar {name}: subject {s + 1} has no mask in any frame", stacklevel=2)
 
 
 def _centre_crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -280,6 +292,10 @@ def prepare_clip(
     s = masks.shape[1]
     if s == 0:
         raise ValueError("masks have no subjects (S == 0)")
+    h1, w1 = masks.shape[2:]
+    if abs(h1 * w0 - h0 * w1) > 0.01 * h0 * w1:
+        raise ValueError(f"the masks are {w1}x{h1} but the video is {w0}x{h0}: another aspect ratio would stretch "
+                         "them off the subjects; make the masks from the video's own frames")
     out = np.zeros((num_frames, s, height, width), dtype=np.float32)
     for t in range(num_frames):
         m = masks[t].transpose(1, 2, 0)  # cv2 wants [H, W, C]
@@ -367,6 +383,7 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
         def encode_clip(ex=ex):
             video_frames, _ = read_video(ex.video, max_frames=frames)
             pixel_masks = read_color_masks(ex.masks, max_frames=frames)
+            check_subject_masks(pixel_masks, ex.name)
             video, masks = prepare_clip(video_frames, pixel_masks, frames, height, width)
             with torch.no_grad():
                 mean, std = base.codec.encode(video[None].to(device))

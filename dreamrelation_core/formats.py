@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .archs import INFERENCE_ROLES, ROLES, get_architecture
 from .triplet import activate, role_parameters
@@ -221,18 +221,43 @@ def wan_original_state_dict(diffusers_state_dict: dict, original_keys) -> dict:
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> Path:
-    """save_file to a temp file in the target directory, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Write a safetensors file atomically (`atomic_save_many`)."""
+    return atomic_save_many([(tensors, path, metadata)])[0]
+
+
+def atomic_save_many(files) -> list[Path]:
+    """Write several safetensors files, (tensors, path, metadata) each, as one: all go to temp files in their
+    folders first, then are renamed, so a crash or a full disk leaves every previous file intact. Files are 0644
+    (less the umask), as model files should be. A full disk raises OSError(ENOSPC) naming the file."""
+    done = []
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        for tensors, path, metadata in files:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            done.append((tmp, path))
+            data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in done:
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        for tmp, _ in done:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return [path for _, path in done]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _metadata(lora: RelationLora, layout: str, roles, role_keys: dict, fused: dict | None = None) -> dict:
@@ -246,13 +271,33 @@ def _metadata(lora: RelationLora, layout: str, roles, role_keys: dict, fused: di
 
 def save_lora(path, lora: RelationLora, layout: str = "comfyui", roles=None) -> Path:
     """Write `roles` (default: the inference set, or the subjects for layout "subjects") of `lora` to `path`."""
+    return atomic_save_safetensors(*serialise_lora(lora, layout, roles, path))
+
+
+def save_lora_pair(path, lora: RelationLora) -> Path:
+    """The inference set to `path` (ComfyUI keys) and the subject LoRAs to `<name>.subjects.safetensors`, written
+    as a pair: both or neither."""
+    files = [serialise_lora(lora, "comfyui", None, path)]
+    if set(SUBJECT_ROLES) & set(lora.weights):
+        files.append(serialise_lora(lora, "subjects", None, subjects_path(path)))
+    return atomic_save_many(files)[0]
+
+
+def serialise_lora(lora: RelationLora, layout: str, roles, path) -> tuple[dict, Path, dict]:
+    """(tensors, path, metadata) of `roles` of `lora` in `layout`; ValueError when none of them is in it."""
+    if layout not in ("comfyui", "diffusers", "subjects"):
+        raise ValueError(f"unknown layout {layout!r}; expected comfyui, diffusers or subjects")
+    wanted = roles or (SUBJECT_ROLES if layout == "subjects" else INFERENCE_ROLES)
+    roles = [r for r in wanted if r in lora.weights]
+    if not roles:
+        raise ValueError(f"nothing to write to {path}: the LoRA holds {sorted(lora.weights) or 'no roles'}, none of "
+                         f"{list(wanted)}" + (" (a .subjects file holds only the subject LoRAs; convert the relation "
+                                              "file beside it)" if layout != "subjects" else ""))
     if layout == "comfyui":
-        roles = [r for r in (roles or INFERENCE_ROLES) if r in lora.weights]
         tensors, role_keys, fused = to_native(lora, roles)
         meta = _metadata(lora, layout, roles, role_keys, fused)
-        return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(meta)})
+        return tensors, path, {METADATA_KEY: json.dumps(meta)}
     if layout == "diffusers":
-        roles = [r for r in (roles or INFERENCE_ROLES) if r in lora.weights]
         tensors, role_keys, ranks, alphas = {}, {r: [] for r in roles}, {}, {}
         for role in roles:
             for module, (a, b) in lora.weights[role].items():
@@ -268,20 +313,15 @@ def save_lora(path, lora: RelationLora, layout: str = "comfyui", roles=None) -> 
                    "transformer.target_modules": sorted(ranks), "transformer.rank_pattern": ranks,
                    "transformer.alpha_pattern": alphas}
         meta = _metadata(lora, layout, roles, role_keys)
-        return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(meta),
-                                                       "lora_adapter_metadata": json.dumps(adapter),
-                                                       "format": "pt"})
-    if layout == "subjects":
-        roles = [r for r in (roles or SUBJECT_ROLES) if r in lora.weights]
-        tensors, role_keys = {}, {r: [] for r in roles}
-        for role in roles:
-            for module, (a, b) in lora.weights[role].items():
-                tensors[f"{DIFFUSERS_PREFIX}{module}.lora_A.{role}.weight"] = a
-                tensors[f"{DIFFUSERS_PREFIX}{module}.lora_B.{role}.weight"] = b
-                role_keys[role].append(f"{DIFFUSERS_PREFIX}{module}")
-        return atomic_save_safetensors(tensors, path, {METADATA_KEY: json.dumps(_metadata(lora, layout, roles,
-                                                                                          role_keys))})
-    raise ValueError(f"unknown layout {layout!r}; expected comfyui, diffusers or subjects")
+        return tensors, path, {METADATA_KEY: json.dumps(meta), "lora_adapter_metadata": json.dumps(adapter),
+                               "format": "pt"}
+    tensors, role_keys = {}, {r: [] for r in roles}
+    for role in roles:
+        for module, (a, b) in lora.weights[role].items():
+            tensors[f"{DIFFUSERS_PREFIX}{module}.lora_A.{role}.weight"] = a
+            tensors[f"{DIFFUSERS_PREFIX}{module}.lora_B.{role}.weight"] = b
+            role_keys[role].append(f"{DIFFUSERS_PREFIX}{module}")
+    return tensors, path, {METADATA_KEY: json.dumps(_metadata(lora, layout, roles, role_keys))}
 
 
 def subjects_path(path) -> Path:
@@ -319,16 +359,32 @@ def _from_ours(tensors: dict, meta: dict, path) -> RelationLora:
 
 def load_lora(path) -> RelationLora:
     """Read any relation LoRA we know: our comfyui / diffusers / subjects layouts, or an official DreamRelation
-    checkpoint (`.pt` or `.safetensors`). Raises ValueError naming the file otherwise."""
-    path = Path(path)
+    checkpoint (`.pt` or `.safetensors`). Raises ValueError naming the file otherwise, and for NaN or infinite
+    weights (a diverged run), which would sample blank videos."""
+    lora = _read_lora(Path(path))
+    for role, modules in lora.weights.items():
+        for module, pair in modules.items():
+            if not all(torch.isfinite(t).all() for t in pair):
+                raise ValueError(f"{path}: the {role} LoRA of {module} holds NaN or infinite weights (a diverged "
+                                 "training run); use an earlier checkpoint")
+    return lora
+
+
+def _read_lora(path: Path) -> RelationLora:
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         return read_official(path)
     tensors, meta = read_safetensors(path)
     if METADATA_KEY in meta:
-        parsed = json.loads(meta[METADATA_KEY])
-        if parsed.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown format {parsed.get('format')!r}, expected {FORMAT!r}")
-        return _from_ours(tensors, parsed, path)
+        try:
+            parsed = json.loads(meta[METADATA_KEY])
+            if not isinstance(parsed, dict) or parsed.get("format") != FORMAT:
+                raise ValueError(f"{path}: unknown format {parsed.get('format') if isinstance(parsed, dict) else parsed!r}, "
+                                 f"expected {FORMAT!r}")
+            return _from_ours(tensors, parsed, path)
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            what = f"{exc.args[0]!r} is missing" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path} is a damaged DreamRelation LoRA: {what} (in its metadata or tensors); "
+                             "re-save it from its training run's checkpoint") from None
     if any(".to_q_x." in k or ".proj_x." in k for k in tensors):
         return official_to_lora(tensors, json.loads(meta.get("kwargs", "{}")), path)
     raise ValueError(f"{path} is neither a DreamRelation LoRA (no '{METADATA_KEY}' metadata) nor an official "

@@ -1,6 +1,8 @@
 """Text-to-video sampling: Euler on the flow ODE with classifier-free guidance (METHOD.md §8)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +20,18 @@ def latent_shape(base, frames: int, height: int, width: int) -> tuple[int, int, 
         raise ValueError(f"height and width must be positive multiples of {multiple} for {arch.name} "
                          f"(got {height}x{width})")
     return (config.in_channels, arch.latent_frames(frames), height // arch.spatial_ratio, width // arch.spatial_ratio)
+
+
+MAX_SIZE_FACTOR = 4       # largest video, in latent values, relative to the architecture's default one
+
+
+def _given(name: str, value, default: int) -> int:
+    """`value`, or `default` when None; a ValueError naming `name` unless it is a positive whole number."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def transformer_device_dtype(transformer):
@@ -73,17 +87,27 @@ def generate(base, prompt: str, frames: int | None = None, height: int | None = 
     Returns the decoded video [3, F, H, W] in [-1, 1] (CPU, float32).
     """
     arch = base.arch
-    frames = frames or arch.default_frames
-    height, width = height or arch.default_size[0], width or arch.default_size[1]
-    shape = latent_shape(base, frames, height, width)
-    steps = steps or arch.sample_steps
+    frames, steps = _given("frames", frames, arch.default_frames), _given("steps", steps, arch.sample_steps)
+    height = _given("height", height, arch.default_size[0])
+    width = _given("width", width, arch.default_size[1])
     cfg = arch.sample_cfg if cfg is None else cfg
+    if not math.isfinite(cfg):
+        raise ValueError(f"cfg must be a finite number, got {cfg}")
+    shape = latent_shape(base, frames, height, width)
+    default = latent_shape(base, arch.default_frames, *arch.default_size)
+    if math.prod(shape) > MAX_SIZE_FACTOR * math.prod(default):
+        raise ValueError(f"{frames} frames of {height}x{width} is more than {MAX_SIZE_FACTOR}× the {arch.name} default "
+                         f"video ({arch.default_frames} frames of {arch.default_size[0]}x{arch.default_size[1]}) "
+                         "and would not fit in memory")
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, *shape), generator=generator)
     text, text_mask = base.text_encoder.encode([prompt])
     null, null_mask = base.text_encoder.encode([negative_prompt]) if negative_prompt else base.null_text(1)
     sigmas = sampling_schedule(arch, steps, shift)
     latents = denoise(arch, base.transformer, noise, text, text_mask, null, null_mask, sigmas, cfg, progress, callback)
+    if not torch.isfinite(latents).all():
+        raise ValueError("the sampled video is NaN or infinite: a LoRA applied to the model holds non-finite weights "
+                         "(a diverged training run?), or its strength is too large")
     with torch.no_grad():
         video = base.codec.decode(latents)
     return video[0].float().cpu().clamp(-1, 1)

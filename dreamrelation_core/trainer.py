@@ -2,7 +2,9 @@
 
 One step: draw an exemplar and a group (relation / subject1 / subject2, 1/3 each), activate that group's adapters,
 noise the cached VAE posterior sample at σ ~ U(0, 1), predict the velocity, and minimise
-MSE + 50·masked MSE + 0.01·RCL. Checkpoints hold everything needed to continue the exact same trajectory.
+MSE + 50·masked MSE + 0.01·RCL. Checkpoints hold everything needed to continue the exact same trajectory, and the
+run's fingerprint (checkpoints.py): Ctrl-C and SIGTERM finish the step under way, then checkpoint; an error inside a
+step discards it, so the checkpoint holds the state before it (docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +23,12 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .archs import INFERENCE_ROLES, ROLES
+from .checkpoints import (checkpoint_step, checkpoints, differing_settings, items_digest, latest_checkpoint,
+                          run_settings, stale_checkpoints)
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
-from .formats import atomic_save_safetensors, file_digest, lora_from_model, save_lora, subjects_path
+from .formats import atomic_save_safetensors, file_digest, lora_from_model, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
@@ -131,7 +137,7 @@ class RelationTrainer:
     """
 
     def __init__(self, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True,
-                 backend=None):
+                 backend=None, overwrite: bool = False):
         self.config, self.progress = config, progress
         self.out = Path(output_dir or config.output_dir)
         if backend is None:
@@ -159,7 +165,11 @@ class RelationTrainer:
         r = config.rcl
         self.bank = RelationalContrastiveBank(r.n_pos, r.n_neg, r.positive_bank, r.negative_bank, r.temperature,
                                               seed=t.seed + 1)
-        self.step = 0
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=getattr(backend, "autocast_dtype", None)
+                                           == torch.float16)   # fp16 autocast: gradients scaled (and unscaled)
+        self.settings = run_settings(config, items_digest(self.items))
+        self.overwrite = overwrite
+        self.step, self._saved_step, self._updating, self._stop_signal = 0, None, False, None
 
     # ---- one step -------------------------------------------------------------------------------------------
     def draw(self) -> StepInputs:
@@ -196,55 +206,146 @@ class RelationTrainer:
         return total, {"rec": rec.item(), "rcl": rcl.item()}
 
     def train_step(self) -> dict:
-        inputs = self.draw()
-        total, parts = self.loss(inputs)
-        total.backward()
-        # The reference multiplies inactive LoRAs by zero, so AdamW still sees a zero gradient for them (momentum
-        # and weight decay move them). We skip their compute but keep that optimiser behaviour.
-        for p in self.params.values():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        """One optimiser step. An exception before the update (an error, a non-finite loss, a second Ctrl-C)
+        leaves the run as it was before the step: its random draws and RCL banks are put back."""
+        before = self._random_state()
+        try:
+            inputs = self.draw()
+            total, parts = self.loss(inputs)
+            if not torch.isfinite(total):
+                raise NonFiniteLoss(f"the loss is {total.item()} at step {self.step + 1} (group {inputs.group}, "
+                                    f"σ {float(inputs.sigma):.3f})")
+            self.scaler.scale(total).backward()
+            # The reference multiplies inactive LoRAs by zero, so AdamW still sees a zero gradient for them
+            # (momentum and weight decay move them). We skip their compute but keep that optimiser behaviour.
+            for p in self.params.values():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.scaler.unscale_(self.optimizer)
+            max_norm = self.config.train.max_grad_norm
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm or math.inf))
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():   # fp16: the scaler skips the step
+                raise NonFiniteLoss(f"the gradient norm is {grad_norm} at step {self.step + 1} "
+                                    f"(group {inputs.group}, σ {float(inputs.sigma):.3f})")
+        except BaseException:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._set_random_state(before)
+            raise
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        self._updating = True          # a second Ctrl-C waits for the update to finish
+        try:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+        finally:
+            self._updating = False
         record = {"step": self.step, "group": inputs.group, "item": inputs.item.name, "sigma": float(inputs.sigma),
-                  "loss": total.item(), **parts, "lr": lr}
+                  "loss": total.item(), **parts, "grad_norm": grad_norm, "lr": lr}
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         return record
 
+    def _random_state(self):
+        return self.rng.getstate(), self.generator.get_state(), self.bank.state_dict()
+
+    def _set_random_state(self, state) -> None:
+        rng, generator, bank = state
+        self.rng.setstate(rng)
+        self.generator.set_state(generator)
+        self.bank.load_state_dict(bank)
+
     # ---- loop ------------------------------------------------------------------------------------------------
     def train(self, max_steps: int | None = None, callback=None) -> Path:
         """Train up to `config.train.steps` (or `max_steps` total, if smaller); save checkpoints and the LoRA.
 
-        `callback(record)` runs after every step; an exception from it (or Ctrl-C) saves a checkpoint first,
-        so the run can be resumed with `resume`. Returns the path of the relation LoRA file.
+        `callback(record)` runs after every step. Ctrl-C or SIGTERM (in the main thread) finish the step under way,
+        save a checkpoint and raise `TrainingInterrupted`; an exception from the callback (ComfyUI's Cancel) or
+        from a step saves a checkpoint of the last finished step and propagates. `resume` continues exactly.
+        A fresh run refuses a folder that holds another run's checkpoints unless the trainer was made with
+        `overwrite=True`. Returns the path of the relation LoRA file.
         """
         t = self.config.train
         end = min(t.steps, max_steps) if max_steps is not None else t.steps
+        if self.step == 0:
+            self._claim_output_folder()
         self._truncate_log()
         bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
         try:
-            while self.step < end:
-                record = self.train_step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", group=record["group"])
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if self.config.sample.every and self.step % self.config.sample.every == 0:
-                    self.preview(f"step_{self.step:06d}")
-                if callback is not None:
-                    callback(record)
-        except BaseException:
-            self.save_checkpoint()
+            with self._deferred_signals():
+                while self.step < end:
+                    record = self.train_step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", group=record["group"])
+                    if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.config.sample.every and self.step % self.config.sample.every == 0:
+                        self.preview(f"step_{self.step:06d}")
+                    if callback is not None:
+                        callback(record)
+                    if self._stop_signal is not None:
+                        raise TrainingInterrupted(self._stop_signal, self.step, self.save_checkpoint())
+        except TrainingInterrupted:
+            raise
+        except BaseException as error:
+            saved = self.save_checkpoint() if self.step > 0 else None
+            if isinstance(error, KeyboardInterrupt) and saved is not None:     # a second Ctrl-C, mid-step
+                raise TrainingInterrupted(signal.SIGINT, self.step, saved) from None
+            if isinstance(error, NonFiniteLoss):
+                saved = f"; the last good state (step {self.step}) is saved in {self.out / 'checkpoints'}" \
+                    if self.step > 0 else ""
+                raise NonFiniteLoss(f"{error}{saved}. Lower train.learning_rate, set train.max_grad_norm (e.g. 1.0) "
+                                    "or train in bf16/fp32") from None
             raise
         finally:
             bar.close()
         self.save_checkpoint()
         return self.save_lora()
+
+    def _claim_output_folder(self) -> None:
+        """A fresh run: refuse (or, with overwrite, clear) checkpoints already in the output folder, which belong to
+        an earlier run that pruning and resume would otherwise mix with this one."""
+        found = checkpoints(self.out)
+        if not found:
+            return
+        if not self.overwrite:
+            ckpt = found[-1]
+            settings = _checkpoint_settings(ckpt)
+            differ = differing_settings(settings, self.settings) if settings is not None else []
+            which = ("another run (" + ", ".join(differ) + ")") if differ else "a run with these settings"
+            raise ValueError(f"output folder {self.out} already holds checkpoints of {which}, up to step "
+                             f"{checkpoint_step(ckpt)}; continue it with --resume {self.out}, train into another "
+                             "folder, or delete its checkpoints folder")
+        shutil.rmtree(self.out / "checkpoints")
+
+    def _deferred_signals(self):
+        """Within: the first SIGINT/SIGTERM only asks the loop to stop after the step under way; a second SIGINT
+        aborts that step (the run then checkpoints the step before). Only in the main thread (where Python runs
+        signal handlers); elsewhere (ComfyUI's worker) interruption comes through the callback."""
+        trainer = self
+
+        class Deferred:
+            def __enter__(self):
+                trainer._stop_signal, self.saved = None, {}
+                if threading.current_thread() is not threading.main_thread():
+                    return self
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.saved[sig] = signal.signal(sig, self.handle)
+                return self
+
+            def handle(self, signum, frame):
+                if trainer._stop_signal is not None and signum == signal.SIGINT and not trainer._updating:
+                    raise KeyboardInterrupt
+                trainer._stop_signal = signum
+
+            def __exit__(self, *exc):
+                for sig, handler in self.saved.items():
+                    signal.signal(sig, handler)
+                return False
+
+        return Deferred()
 
     # ---- outputs ---------------------------------------------------------------------------------------------
     def save_lora(self, path=None) -> Path:
@@ -255,8 +356,7 @@ class RelationTrainer:
         info = {"caption": captions[0] if len(captions) == 1 else captions, "steps": self.step,
                 "base": self.backend.name, "expert": self.config.expert, "name": self.config.name}
         lora = self.backend.lora({role: self.config.lora.alpha_of(role) for role in ROLES}, info)
-        save_lora(subjects_path(path), lora, "subjects")
-        return save_lora(path, lora, "comfyui")
+        return save_lora_pair(path, lora)
 
     def preview(self, tag: str) -> list[Path]:
         """Sample the configured prompts with the inference set into `<output_dir>/samples` (if the backend can)."""
@@ -269,42 +369,58 @@ class RelationTrainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """`<output_dir>/checkpoints/step_NNNNNN/` = lora.safetensors (all roles) + state.pt; written atomically."""
+        """`<output_dir>/checkpoints/step_NNNNNN/` = lora.safetensors (all roles) + state.pt (with the run's
+        fingerprint); written to a temp folder, then renamed. The step's checkpoint if one is already saved."""
         root = self.out / "checkpoints"
         final = root / f"step_{self.step:06d}"
+        if self._saved_step == self.step and (final / "state.pt").is_file():
+            return final
         tmp = root / f".step_{self.step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         atomic_save_safetensors({n: p.detach().float().cpu() for n, p in self.params.items()}, tmp / "lora.safetensors")
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(),
-                    "generator": self.generator.get_state(), "bank": self.bank.state_dict(),
-                    "config": json.dumps(config_to_dict(self.config))}, tmp / "state.pt")
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                    "rng": self.rng.getstate(), "generator": self.generator.get_state(),
+                    "bank": self.bank.state_dict(), "config": json.dumps(config_to_dict(self.config)),
+                    "settings": json.dumps(self.settings)}, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        keep = max(1, self.config.train.keep_checkpoints)
-        for old in sorted(root.glob("step_*"))[:-keep]:
+        self._saved_step = self.step
+        for old in stale_checkpoints(self.out, self.step, self.config.train.keep_checkpoints):
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def resume(self, path) -> int:
-        """Continue from a checkpoint folder, or the latest checkpoint of a run folder. Returns the step."""
+        """Continue from a checkpoint folder, or the latest checkpoint of a run folder. Returns the step. Refuses a
+        checkpoint trained with other settings or exemplars (checkpoints.RESUMABLE says which may change)."""
         ckpt = latest_checkpoint(path)
+        settings = _checkpoint_settings(ckpt)
+        if settings is not None and differing_settings(settings, self.settings):
+            raise ValueError(f"checkpoint {ckpt} was trained with other settings: "
+                             f"{', '.join(differing_settings(settings, self.settings))}; resume it with its own "
+                             "settings, or train anew into another folder")
         weights = load_file(str(ckpt / "lora.safetensors"))
         missing = sorted(set(self.params) - set(weights))
         if missing:
             raise ValueError(f"checkpoint {ckpt} does not match this triplet: {len(missing)} LoRA tensors missing, "
                              f"e.g. {missing[0]}")
+        for name, param in self.params.items():
+            if weights[name].shape != param.shape:
+                raise ValueError(f"checkpoint {ckpt} does not match this triplet: {name} is "
+                                 f"{tuple(weights[name].shape)} there, {tuple(param.shape)} here (another lora.rank?)")
         with torch.no_grad():
             for name, param in self.params.items():
                 param.copy_(weights[name])
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.rng.setstate(as_random_state(state["rng"]))
         self.generator.set_state(state["generator"])
         self.bank.load_state_dict(state["bank"])
-        self.step = int(state["step"])
+        self.step = self._saved_step = int(state["step"])
         return self.step
 
     def _truncate_log(self) -> None:
@@ -316,13 +432,19 @@ class RelationTrainer:
             log.write_text("".join(l + "\n" for l in lines))
 
 
-def latest_checkpoint(path) -> Path:
-    """A checkpoint folder (has state.pt) as is; a run folder -> its newest `checkpoints/step_*`."""
-    path = Path(path)
-    if (path / "state.pt").is_file():
-        return path
-    found = sorted((path / "checkpoints").glob("step_*"))
-    found = [p for p in found if (p / "state.pt").is_file()]
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {path} (expected state.pt or checkpoints/step_*/state.pt)")
-    return found[-1]
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a finished step, whose checkpoint is saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class NonFiniteLoss(ValueError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+def _checkpoint_settings(ckpt: Path) -> dict | None:
+    """The fingerprint saved with a checkpoint (None for checkpoints from before it was saved)."""
+    state = torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+    return json.loads(state["settings"]) if "settings" in state else None

@@ -7,7 +7,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..dreamrelation_core.data import discover_exemplars, read_color_masks
+from ..dreamrelation_core.data import check_subject_masks, discover_exemplars, read_color_masks
 from ..dreamrelation_core.videoio import read_video
 from .common import CATEGORY, Exemplars, uint8_to_image
 
@@ -87,5 +87,6 @@ class LoadExemplarFolder(io.ComfyNode):
                 raise ValueError(f"exemplar {ex.name} in {folder} has no masks (expected masks/{ex.name}/)")
             frames, _ = read_video(ex.video, max_frames=max_frames)
             masks = read_color_masks(ex.masks, max_frames=len(frames))
+            check_subject_masks(masks, ex.name)
             items.append(exemplar(uint8_to_image(frames), torch.from_numpy(masks), ex.caption, ex.name))
         return io.NodeOutput(items)

@@ -306,11 +306,12 @@ def _publish(lora: Path, name: str) -> Path:
     """Copy the relation LoRA (and its subjects file) into the first models/loras folder (atomically)."""
     target_dir = Path(folder_paths.get_folder_paths("loras")[0])
     target_dir.mkdir(parents=True, exist_ok=True)
-    for src, dst in ((lora, target_dir / f"{name}.safetensors"),
-                     (subjects_path(lora), target_dir / f"{name}.subjects.safetensors")):
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+    pairs = [(lora, target_dir / f"{name}.safetensors"),
+             (subjects_path(lora), target_dir / f"{name}.subjects.safetensors")]
+    for src, dst in pairs:                      # both copied before either replaces the old pair
+        shutil.copyfile(src, dst.with_name(f".{dst.name}.tmp"))
+    for _, dst in pairs:
+        dst.with_name(f".{dst.name}.tmp").replace(dst)
     return target_dir / f"{name}.safetensors"
 
 

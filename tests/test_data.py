@@ -68,7 +68,7 @@ def test_subject_colors_ignores_antialiasing_fringe():
     f[20:40, 20:25] = (0, 0, 120)
     assert subject_colors(f, min_fraction=0.0) == [BLUE, RED]
     f[0:10, 0:10] = GREEN                      # a third colour that is no blend is refused
-    with pytest.raises(ValueError, match="3 subject colours .*pass colors="):
+    with pytest.raises(ValueError, match="3 subject colours .*one flat colour per subject on black"):
         subject_colors(f)
 
 
