@@ -21,6 +21,8 @@ class DataConfig:
     height: int | None = None
     width: int | None = None
     cache_dir: str | None = None     # default <output_dir>/cache
+    fps: float | None = None         # resample exemplar videos to this rate (default: the model's, Wan 16, Mochi
+                                     # 30; 0 keeps every frame); frame folders count as already at it
 
 
 @dataclass
@@ -43,6 +45,8 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    posterior: str = "sample"          # sample: z0 = mean + std·ε each step (the reference) | mean (what ComfyUI's
+                                       # VAEs give, so its Train node always trains on the mean; docs/method.md)
     max_grad_norm: float | None = None  # clip the LoRA gradients' norm (the reference never clips; off by default)
 
 
@@ -139,12 +143,12 @@ def _typed(value, annotation: str, key: str):
 
 
 # Values that must be positive (or at least zero) wherever they are set.
-_POSITIVE = {"train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank", "lora.alpha"}
-_NON_NEGATIVE = {"train.max_grad_norm", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
+_POSITIVE = {"train.max_grad_norm", "train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank", "lora.alpha"}
+_NON_NEGATIVE = {"data.fps", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
 
 
 _CHOICES = {"train.mixed_precision": ("auto", "bf16", "fp16", "fp32", "no"),
-            "train.base_dtype": ("auto", "bf16", "fp16", "fp32")}
+            "train.base_dtype": ("auto", "bf16", "fp16", "fp32"), "train.posterior": ("sample", "mean")}
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?")
 
 

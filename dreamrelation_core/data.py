@@ -227,6 +227,22 @@ def read_color_masks(
     return masks
 
 
+def read_resampled(path, frames: int, fps: float) -> tuple[np.ndarray, list[int]]:
+    """The first `frames` frames of a video at `fps` (nearest source frame), and their indices in the source: a
+    30 fps clip trained as is on Wan (16 fps) would teach a relation 1.9× too slow. Videos whose rate is unknown
+    (frame folders) or within 1% of `fps`, and `fps` 0, keep every frame."""
+    video, source_fps = read_video(path, max_frames=frames)
+    if not fps or not source_fps or abs(source_fps - fps) <= 0.01 * fps:
+        return video, list(range(len(video)))
+    ratio = source_fps / fps
+    picked = [round(k * ratio) for k in range(frames)]
+    video, _ = read_video(path, max_frames=picked[-1] + 1)
+    if len(video) <= picked[-1]:
+        raise ValueError(f"{path}: {frames} frames at {fps:g} fps need {picked[-1] + 1} source frames at "
+                         f"{source_fps:g} fps, but it has {len(video)}; use shorter clips (data.frames) or data.fps: 0")
+    return video[picked], picked
+
+
 def check_subject_masks(masks: np.ndarray, name: str) -> None:
     """Refuse masks with no subject at all (hybrid mask training would weight nothing); warn when one subject
     never appears (its group's steps then train on the unmasked loss only)."""
@@ -355,8 +371,8 @@ def _cached(path: Path, compute):
 def prepare_training_set(base, data_config, cache_dir, progress: bool = True) -> list[TrainingItem]:
     """Discover, prepare, VAE- and text-encode every exemplar (cached under `cache_dir`), with latent masks.
 
-    Clips are the first `frames` frames, centre-cropped and resized to `height` × `width` (architecture defaults
-    when unset). Every exemplar must have subject masks: hybrid mask training needs them.
+    Clips are the first `frames` frames at the model's frame rate (`read_resampled`), centre-cropped and resized to
+    `height` × `width` (architecture defaults when unset). Every exemplar must have subject masks: hybrid mask training needs them.
     """
     from tqdm.auto import tqdm
 
@@ -366,6 +382,7 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
     frames = data_config.frames or arch.default_frames
     height = data_config.height or arch.default_size[0]
     width = data_config.width or arch.default_size[1]
+    fps = arch.fps if data_config.fps is None else data_config.fps
     arch.latent_frames(frames)
     exemplars = discover_exemplars(data_config.videos, data_config.masks, data_config.caption)
     missing = [e.name for e in exemplars if e.masks is None]
@@ -378,11 +395,16 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
     items = []
     for ex in tqdm(exemplars, desc="encoding exemplars", disable=not progress, leave=False):
         key = _cache_key("latent", base_id, str(ex.video.resolve()), _fingerprint(ex.video),
-                         str(ex.masks.resolve()), _fingerprint(ex.masks), frames, height, width)
+                         str(ex.masks.resolve()), _fingerprint(ex.masks), frames, height, width,
+                         *([fps] if fps != arch.fps else []))   # keys of runs before resampling stay valid
 
         def encode_clip(ex=ex):
-            video_frames, _ = read_video(ex.video, max_frames=frames)
-            pixel_masks = read_color_masks(ex.masks, max_frames=frames)
+            video_frames, picked = read_resampled(ex.video, frames, fps)
+            pixel_masks = read_color_masks(ex.masks, max_frames=picked[-1] + 1)
+            if len(pixel_masks) <= picked[-1]:
+                raise ValueError(f"{ex.masks}: {len(pixel_masks)} mask frames, but the clip uses source frames up "
+                                 f"to {picked[-1] + 1}")
+            pixel_masks = pixel_masks[picked]
             check_subject_masks(pixel_masks, ex.name)
             video, masks = prepare_clip(video_frames, pixel_masks, frames, height, width)
             with torch.no_grad():

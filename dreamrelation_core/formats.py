@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .archs import INFERENCE_ROLES, ROLES, get_architecture
-from .triplet import activate, role_parameters
+from .triplet import activate, role_parameters, unmerge_lora
 
 FORMAT = "dreamrelation.lora"
 FORMAT_VERSION = 2
@@ -82,6 +82,7 @@ def apply_lora(model: torch.nn.Module, lora: RelationLora, roles=None) -> None:
     from peft import LoraConfig, inject_adapter_in_model   # lazy: the ComfyUI backend never needs peft
 
     roles = [r for r in (roles or lora.weights) if r in lora.weights]
+    unmerge_lora(model)          # new weights for a merged adapter would leave the old delta in the base weights
     named = dict(model.named_modules())
     for role in roles:
         missing = sorted(set(lora.weights[role]) - set(named))
@@ -226,17 +227,22 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -
 
 
 def atomic_save_many(files) -> list[Path]:
-    """Write several safetensors files, (tensors, path, metadata) each, as one: all go to temp files in their
-    folders first, then are renamed, so a crash or a full disk leaves every previous file intact. Files are 0644
-    (less the umask), as model files should be. A full disk raises OSError(ENOSPC) naming the file."""
+    """Write several safetensors files, (tensors, path, metadata) each, as one (`atomic_write_many`)."""
+    return atomic_write_many([(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+                              for tensors, path, metadata in files])
+
+
+def atomic_write_many(files) -> list[Path]:
+    """Write several files, (path, bytes) each, as one: all go to temp files in their folders first, then are
+    renamed, so a crash or a full disk leaves every previous file intact. Files are 0644 (less the umask), as
+    model files should be. A failed write raises OSError naming the file ("No space left on device": ENOSPC)."""
     done = []
     try:
-        for tensors, path, metadata in files:
+        for path, data in files:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             done.append((tmp, path))
-            data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

@@ -8,6 +8,7 @@ step discards it, so the checkpoint holds the state before it (docs/reliability.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .archs import INFERENCE_ROLES, ROLES
@@ -28,7 +29,7 @@ from .checkpoints import (checkpoint_step, checkpoints, differing_settings, item
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
-from .formats import atomic_save_safetensors, file_digest, lora_from_model, save_lora_pair
+from .formats import atomic_write_many, file_digest, lora_from_model, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
@@ -190,7 +191,9 @@ class RelationTrainer:
         if not self.config.train.subject_loras:         # "w/o Subject LoRAs": only the roles kept at inference run
             roles = tuple(r for r in roles if r in INFERENCE_ROLES)
         self.backend.activate(roles)
-        z0 = (item.latent_mean + item.latent_std * inputs.posterior_noise[0])[None].to(device)
+        z0 = item.latent_mean[None].to(device)
+        if self.config.train.posterior == "sample":
+            z0 = z0 + (item.latent_std * inputs.posterior_noise[0])[None].to(device)
         noise = inputs.noise.to(device)
         sigma = inputs.sigma.to(device)
         text, text_mask = self.backend.null_text if inputs.drop_caption else (item.text, item.text_mask)
@@ -378,12 +381,18 @@ class RelationTrainer:
         tmp = root / f".step_{self.step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        atomic_save_safetensors({n: p.detach().float().cpu() for n, p in self.params.items()}, tmp / "lora.safetensors")
+        state = io.BytesIO()       # serialised here, written by atomic_write_many: a full disk is an OSError
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                     "rng": self.rng.getstate(), "generator": self.generator.get_state(),
                     "bank": self.bank.state_dict(), "config": json.dumps(config_to_dict(self.config)),
-                    "settings": json.dumps(self.settings)}, tmp / "state.pt")
+                    "settings": json.dumps(self.settings)}, state)
+        weights = save({n: p.detach().float().cpu().contiguous() for n, p in self.params.items()})
+        try:
+            atomic_write_many([(tmp / "lora.safetensors", weights), (tmp / "state.pt", state.getvalue())])
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         self._saved_step = self.step

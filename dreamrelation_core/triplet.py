@@ -135,13 +135,23 @@ def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None) -
 
     `strengths` (role -> float, default 1.0) scale each merged role; a subject role given a nonzero strength is
     merged too (an experiment: the subject LoRAs carry the exemplars' looks). Afterwards the model runs no LoRA
-    branch.
+    branch. Merging again (other strengths, another LoRA) first takes the earlier merge out.
     """
     strengths = {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
+    unmerge_lora(model)                 # merging again replaces the earlier merge; it never stacks on it
     set_strengths(model, strengths)
     merged_roles = [r for r in ROLES if strengths.get(r, 0.0) != 0.0]
     for _, layer in lora_layers(model):
         roles = [r for r in merged_roles if r in layer.lora_A]
         if roles:
             layer.merge(adapter_names=roles)
+    activate(model, ())
+
+
+def unmerge_lora(model: torch.nn.Module) -> None:
+    """Take every merged LoRA delta out of the base weights again (with the scale it was merged at); the adapters
+    stay, inactive."""
+    for _, layer in lora_layers(model):
+        if layer.merged:
+            layer.unmerge()
     activate(model, ())

@@ -186,3 +186,30 @@ def test_strengths_scale_the_merged_delta(make_tiny):
     delta = layer.lora_B["relation"].weight @ layer.lora_A["relation"].weight
     merge_inference_set(model, {"relation": 0.5, "ffn": 1.0})
     assert torch.allclose(layer.base_layer.weight, w0 + 0.5 * delta, atol=1e-6)
+
+
+def test_merging_again_replaces_the_merge_and_unmerge_restores_the_base(make_tiny):
+    from dreamrelation_core.formats import apply_lora, lora_from_model
+    from dreamrelation_core.triplet import unmerge_lora
+
+    model = make_tiny(WAN)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    inject_triplet(model, WAN, TripletConfig(rank=4, alpha=8))
+    randomize_lora(model, seed=1)
+    first = lora_from_model(model, WAN, {r: 8.0 for r in ROLES}, ROLES, {})
+    randomize_lora(model, seed=2)
+    second = lora_from_model(model, WAN, {r: 8.0 for r in ROLES}, ROLES, {})
+    x = inputs(WAN, model)
+    with torch.no_grad():
+        activate(model, ("relation", "ffn"))
+        expected = WAN.velocity(model, *x)                 # the second LoRA, unmerged
+        apply_lora(model, first)
+        merge_inference_set(model)
+        merge_inference_set(model, {"relation": 0.5})
+        merge_inference_set(model)                         # merged three times: once
+        apply_lora(model, second)                          # another LoRA over a merged one: replaces it
+        merge_inference_set(model)
+        assert torch.allclose(WAN.velocity(model, *x), expected, atol=1e-5)
+        unmerge_lora(model)
+    weights = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in base.items())

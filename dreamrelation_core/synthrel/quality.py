@@ -152,7 +152,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                         start = time.time()
                         config = run_config(folder / method, exemplar_folder, steps, overrides, 0, protocol)
                         trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights),
-                                                  progress=progress)
+                                                  progress=progress, overwrite=True)   # an unjudged earlier try
                         trainer.train()
                         trained[key] = (trainer.backend.base, time.time() - start)
                     base, train_seconds = trained[key]
