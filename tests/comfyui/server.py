@@ -100,6 +100,17 @@ class ComfyServer:
             raise AssertionError(f"prompt rejected ({status}): {json.dumps(body)[:3000]}")
         return body["prompt_id"]
 
+    def settle(self, prompt_id: str, timeout: float = 300.0) -> None:
+        """Wait until a prompt is neither running nor queued: finished, or cleared from the queue before it
+        started (then it never reaches the history)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            queue = self.get("/queue")
+            if all(entry[1] != prompt_id for entry in queue["queue_running"] + queue["queue_pending"]):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} still queued or running:\n{self.server_log()}")
+
     def wait(self, prompt_id: str, timeout: float = 600.0) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:

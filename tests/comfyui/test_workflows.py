@@ -45,7 +45,7 @@ def test_workflow_validates_on_a_real_server(server, path):
     assert status == 200 and body.get("node_errors") == {}, json.dumps(body)[:3000]
     server.post("/interrupt", {})
     server.post("/queue", {"clear": True})
-    server.wait(body["prompt_id"], timeout=300)             # stand-in models fail to load; that is expected
+    server.settle(body["prompt_id"])          # stand-in models fail to load, or the prompt is cleared: expected
 
 
 def test_synthrel_demo_workflow_runs_end_to_end(server):
