@@ -228,19 +228,25 @@ def read_color_masks(
 
 
 def read_resampled(path, frames: int, fps: float) -> tuple[np.ndarray, list[int]]:
-    """The first `frames` frames of a video at `fps` (nearest source frame), and their indices in the source: a
-    30 fps clip trained as is on Wan (16 fps) would teach a relation 1.9× too slow. Videos whose rate is unknown
-    (frame folders) or within 1% of `fps`, and `fps` 0, keep every frame."""
+    """Up to `frames` frames of a video at `fps` (nearest source frame; fewer when the video is shorter), and their
+    indices in the source: a 30 fps clip trained as is on Wan (16 fps) would teach a relation 1.9× too slow.
+    Videos whose rate is unknown (frame folders) or within 1% of `fps`, and `fps` 0, keep every frame."""
     video, source_fps = read_video(path, max_frames=frames)
     if not fps or not source_fps or abs(source_fps - fps) <= 0.01 * fps:
         return video, list(range(len(video)))
     ratio = source_fps / fps
     picked = [round(k * ratio) for k in range(frames)]
     video, _ = read_video(path, max_frames=picked[-1] + 1)
-    if len(video) <= picked[-1]:
-        raise ValueError(f"{path}: {frames} frames at {fps:g} fps need {picked[-1] + 1} source frames at "
-                         f"{source_fps:g} fps, but it has {len(video)}; use shorter clips (data.frames) or data.fps: 0")
+    picked = [p for p in picked if p < len(video)]
     return video[picked], picked
+
+
+def read_masks_at(path, picked: list[int]) -> np.ndarray:
+    """The colour-coded masks of the source frames `picked` (`read_resampled`'s indices) as [F, S, H, W]."""
+    masks = read_color_masks(path, max_frames=picked[-1] + 1)
+    if len(masks) <= picked[-1]:
+        raise ValueError(f"{path}: {len(masks)} mask frames, but the video's clip uses {picked[-1] + 1}")
+    return masks[picked]
 
 
 def check_subject_masks(masks: np.ndarray, name: str) -> None:
@@ -400,11 +406,10 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
 
         def encode_clip(ex=ex):
             video_frames, picked = read_resampled(ex.video, frames, fps)
-            pixel_masks = read_color_masks(ex.masks, max_frames=picked[-1] + 1)
-            if len(pixel_masks) <= picked[-1]:
-                raise ValueError(f"{ex.masks}: {len(pixel_masks)} mask frames, but the clip uses source frames up "
-                                 f"to {picked[-1] + 1}")
-            pixel_masks = pixel_masks[picked]
+            if len(picked) < frames:
+                raise ValueError(f"{ex.video}: {len(picked)} frames at {fps:g} fps, but the clip needs {frames}; use "
+                                 "shorter clips (data.frames) or data.fps: 0 (every frame as it is)")
+            pixel_masks = read_masks_at(ex.masks, picked)
             check_subject_masks(pixel_masks, ex.name)
             video, masks = prepare_clip(video_frames, pixel_masks, frames, height, width)
             with torch.no_grad():

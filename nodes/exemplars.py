@@ -7,8 +7,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..dreamrelation_core.data import check_subject_masks, discover_exemplars, read_color_masks
-from ..dreamrelation_core.videoio import read_video
+from ..dreamrelation_core.data import check_subject_masks, discover_exemplars, read_masks_at, read_resampled
 from .common import CATEGORY, Exemplars, uint8_to_image
 
 
@@ -66,14 +65,19 @@ class LoadExemplarFolder(io.ComfyNode):
                 io.String.Input("caption", default="", optional=True,
                                 tooltip="Caption for videos without a <name>.txt."),
                 io.Int.Input("max_frames", default=81, min=1, max=10000,
-                             tooltip="Frames read per video (training uses the first ones)."),
+                             tooltip="Frames read per video, at the frame rate below (training uses the first "
+                                     "ones)."),
+                io.Float.Input("fps", default=16.0, min=0.0, max=240.0, step=1.0, optional=True,
+                               tooltip="Resample each video to this frame rate: the model's, 16 for Wan, 30 for "
+                                       "Mochi, so the relation keeps its speed. 0 keeps every frame; frame folders "
+                                       "are taken as they are."),
             ],
             outputs=[Exemplars.Output(display_name="exemplars",
                                       tooltip="Every exemplar of the folder with its masks and caption, for Train.")],
         )
 
     @classmethod
-    def execute(cls, folder, caption="", max_frames=81):
+    def execute(cls, folder, caption="", max_frames=81, fps=16.0):
         if not folder.strip():
             raise ValueError("folder: give the folder of exemplar videos (absolute, or relative to the input folder)")
         path = Path(folder).expanduser()
@@ -85,8 +89,8 @@ class LoadExemplarFolder(io.ComfyNode):
         for ex in discover_exemplars(path, caption=caption or None):
             if ex.masks is None:
                 raise ValueError(f"exemplar {ex.name} in {folder} has no masks (expected masks/{ex.name}/)")
-            frames, _ = read_video(ex.video, max_frames=max_frames)
-            masks = read_color_masks(ex.masks, max_frames=len(frames))
+            frames, picked = read_resampled(ex.video, max_frames, fps)
+            masks = read_masks_at(ex.masks, picked)
             check_subject_masks(masks, ex.name)
             items.append(exemplar(uint8_to_image(frames), torch.from_numpy(masks), ex.caption, ex.name))
         return io.NodeOutput(items)

@@ -246,6 +246,10 @@ def test_exemplar_folder_node(pack, tmp_path, monkeypatch):
     assert [i["name"] for i in items] == ["clip_00", "clip_01", "clip_02"]
     assert items[0]["frames"].shape == (9, 32, 32, 3) and items[0]["masks"].shape == (9, 2, 32, 32)
     assert items[0]["caption"] == "a red circle approaches a blue square"
+    halved = pack["nodes"].LoadExemplarFolder.execute(str(tmp_path), "", 81, 8.0).result[0]   # 16 fps read at 8
+    assert halved[0]["frames"].shape == (5, 32, 32, 3) and halved[0]["masks"].shape == (5, 2, 32, 32)
+    assert torch.equal(halved[0]["frames"], items[0]["frames"][::2])
+    assert torch.equal(halved[0]["masks"], items[0]["masks"][::2])
     # a relative folder is read from ComfyUI's input folder, as every stock loader does, not from the cwd
     import folder_paths
     monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path.parent))
