@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLI_EXTRA = ("peft", "accelerate", "transformers")    # requirements-cli.txt, the "cli" extra
+
+
 def main(argv=None) -> int:
     """Errors a user can fix print one line and exit 2 (`--debug` shows the traceback); Ctrl-C exits 130 and
     SIGTERM 143, saying whether a checkpoint was saved."""
@@ -229,6 +232,12 @@ def main(argv=None) -> int:
         print("interrupted before a training step finished: no new checkpoint" if args.command == "train"
               else "interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if args.debug or exc.name not in CLI_EXTRA:
+            raise
+        print(f"error: the headless trainer needs {exc.name}, which the ComfyUI pack's requirements leave out: "
+              "pip install -r requirements-cli.txt (or pip install \".[cli]\")", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         if args.debug:
             raise

@@ -126,3 +126,11 @@ def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
     assert metrics["seeds"] == [0, 1, 2, 3] and len(metrics["direct_lora"]["verdicts"]) == 4
     assert 0.0 <= metrics["dreamrelation"]["relation_accuracy"] <= 1.0
     assert (tmp_path / "direct_lora" / "relation.safetensors").is_file()
+
+
+def test_a_missing_trainer_dependency_names_the_cli_extra(run_config, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)          # as with only requirements.txt installed
+    assert main(["train", str(run_config), "--out", str(tmp_path / "out")]) == 2
+    assert "the headless trainer needs peft" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,12 +16,6 @@ def test_ci_runs_the_readme_test_command():
 def test_core_never_imports_comfy():
     for path in (ROOT / "dreamrelation_core").rglob("*.py"):
         assert not re.search(r"^\s*(from|import)\s+comfy", path.read_text(), re.M), path
-
-
-def test_requirements_never_pin_torch():
-    names = [re.split(r"[<>=!~ ]", l)[0].lower() for l in (ROOT / "requirements.txt").read_text().splitlines()
-             if l.strip() and not l.startswith("#")]
-    assert "torch" not in names and "torchvision" not in names
 
 
 def test_example_config_lists_every_key():
@@ -56,3 +52,32 @@ def test_the_pack_has_one_workflow_template_folder():
     folders = [name for name in ("example_workflows", "example", "examples", "workflow", "workflows")
                if (ROOT / name).is_dir()]
     assert folders == ["workflows"]
+
+
+def _requirements(path: Path) -> list[str]:
+    lines = [l.split("#")[0].strip() for l in path.read_text().splitlines()]
+    return [l for l in lines if l and not l.startswith("-r ")]
+
+
+def test_pyproject_and_requirements_files_agree():
+    tomllib = pytest.importorskip("tomllib")      # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(project["dependencies"]) == sorted(_requirements(ROOT / "requirements.txt"))
+    assert sorted(project["optional-dependencies"]["cli"]) == sorted(_requirements(ROOT / "requirements-cli.txt"))
+    assert "-r requirements.txt" in (ROOT / "requirements-cli.txt").read_text().splitlines()
+
+
+def test_the_comfyui_requirements_leave_torch_and_the_trainer_stack_alone():
+    names = {re.split(r"[<>=!~ \[]", l)[0].lower() for l in _requirements(ROOT / "requirements.txt")}
+    assert not names & {"torch", "torchvision", "torchaudio", "peft", "transformers", "accelerate"}
+
+
+def test_one_version_and_a_license_that_pyproject_names():
+    tomllib = pytest.importorskip("tomllib")
+    import dreamrelation_core
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == dreamrelation_core.__version__       # the registry reads pyproject's
+    assert project["license"]["text"] == "Apache-2.0"
+    assert "Apache License" in (ROOT / "LICENSE").read_text() and (ROOT / "NOTICE").is_file()

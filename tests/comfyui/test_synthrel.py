@@ -110,3 +110,49 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
     assert images.shape == (frames, height, width, 3) and 0 <= images.min() and images.max() <= 1
     before = nodes.RelationSample.execute(model, positive, negative, vae, width, height, frames, 4, 4.0, 0).result[0]
     assert not np.allclose(images.numpy(), before.numpy())      # the LoRA changes what is drawn
+
+
+PACK_WITHOUT_TRAINER_STACK = r'''
+import importlib.util, sys
+
+for name in ("peft", "accelerate"):      # as if not installed: imports fail, find_spec says absent
+    sys.modules[name] = None
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import folder_paths
+root, out = sys.argv[1], sys.argv[2]
+folder_paths.set_output_directory(out)
+folder_paths.add_model_folder_path("loras", out + "/loras", is_default=True)
+spec = importlib.util.spec_from_file_location("dreamrelation_pack", root + "/__init__.py",
+                                              submodule_search_locations=[root])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["dreamrelation_pack"] = pack
+spec.loader.exec_module(pack)
+nodes = importlib.import_module("dreamrelation_pack.nodes")
+model, clip, vae = nodes.synthrel.LoadSynthRelBase.execute().result
+exemplars, _, prompt = nodes.synthrel.SynthRelExemplars.execute("pushes", 2, 0).result
+height, width = 40, 40
+trained, lora_path, _ = nodes.TrainRelationTriplet.execute(model, clip, vae, exemplars, "no_peft", 2, 1e-3, 4, 4.0,
+    width, height, 9, 50.0, 0.01, 0, 0, False, False).result
+positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+images = nodes.RelationSample.execute(trained, positive, negative, vae, width, height, 9, 2, 4.0, 0).result[0]
+assert not [m for m in sys.modules if m.startswith(("peft.", "accelerate."))]
+print("ok", tuple(images.shape))
+'''
+
+
+def test_the_pack_trains_and_samples_without_peft_or_accelerate(tmp_path):
+    """requirements.txt (what ComfyUI-Manager installs) leaves out the headless trainer's stack: the ComfyUI path
+    loads, trains and samples with peft and accelerate unimportable."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import COMFYUI_PATH, ROOT, stub_path
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (COMFYUI_PATH, stub_path()))),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", PACK_WITHOUT_TRAINER_STACK, str(ROOT), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0 and "ok (9, 40, 40, 3)" in run.stdout, run.stderr[-3000:]
