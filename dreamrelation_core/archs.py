@@ -21,8 +21,9 @@ class Architecture:
     Flow convention (both families): z_σ = (1 − σ)·z0 + σ·ε, σ ∈ [0, 1], σ = 1 is pure noise.
     `timestep_of_sigma` is what the transformer's `timestep` argument receives, and `output_sign` maps its
     output onto our canonical velocity dz/dσ = ε − z0 (Wan predicts ε − z0 directly, sign +1; Mochi was trained
-    on u = z0 − ε with timestep 1000·(1 − σ), sign −1; METHOD.md §2, PEERS.md §2.1). `prediction` "x0" marks a
-    model that outputs the clean latent instead (the SynthRel base); `velocity` converts it (flow.velocity_from_x0).
+    on u = z0 − ε with timestep 1000·(1 − σ), sign −1; docs/method.md, "Flow matching conventions"). `prediction`
+    "x0" marks a model that outputs the clean latent instead (the SynthRel base); `velocity` converts it
+    (flow.velocity_from_x0).
     """
 
     name: str
@@ -43,7 +44,7 @@ class Architecture:
     default_frames: int
     default_size: tuple             # (height, width)
     text_mask_kwarg: str | None     # forward kwarg taking the text attention mask, if the model uses one
-    # ComfyUI-native names (COMFYUI.md §3.3): diffusers block list name, and block-relative diffusers module ->
+    # ComfyUI-native names (docs/comfyui.md): diffusers block list name, and block-relative diffusers module ->
     # (native module, layout): layout None = same matrix, an int k = row slice k of a fused q/k/v linear,
     # "swap_halves" = output rows in swapped halves. Native keys are `diffusion_model.blocks.N.<native module>`.
     diffusers_blocks: str = "blocks"
@@ -151,7 +152,8 @@ MOCHI = Architecture(
     name="mochi",
     transformer_class="MochiTransformer3DModel",
     # Joint attention: visual stream (to_q/k/v, to_out.0) and text stream (add_*_proj, to_add_out) each get the
-    # same role groups (METHOD.md §3.1). The last block has no text output projection (to_add_out is None).
+    # same role groups (docs/method.md, "Relation LoRA triplet"). The last block has no text output projection
+    # (to_add_out is None).
     placements={
         "reference": _placement(("attn1.to_q", "attn1.to_k", "attn1.add_q_proj", "attn1.add_k_proj"),
                                 ("attn1.to_v", "attn1.add_v_proj"), ("attn1.to_out.0", "attn1.to_add_out")),

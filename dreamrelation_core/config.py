@@ -143,7 +143,8 @@ def _typed(value, annotation: str, key: str):
 
 
 # Values that must be positive (or at least zero) wherever they are set.
-_POSITIVE = {"train.max_grad_norm", "train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank", "lora.alpha"}
+_POSITIVE = {"train.max_grad_norm", "train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank",
+             "lora.alpha"}
 _NON_NEGATIVE = {"data.fps", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
 
 

@@ -1,4 +1,4 @@
-"""Rectified-flow conventions shared by trainer and sampler (METHOD.md §2, §8).
+"""Rectified-flow conventions shared by trainer and sampler (docs/method.md, "Flow matching conventions").
 
 Canonical form: z_σ = (1 − σ)·z0 + σ·ε, velocity v = dz/dσ = ε − z0. Each architecture's own timestep and sign
 conventions are applied in `Architecture.velocity`, so nothing here depends on the model family.
@@ -54,7 +54,7 @@ def train_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0, low
 
 def linear_quadratic_schedule(steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None):
     """Mochi's sampling σ schedule, 1 → 0 ([steps + 1], terminal 0 included): the first half linear down to
-    1 − threshold_noise, then quadratic (genmo `linear_quadratic_schedule`, METHOD.md §8)."""
+    1 − threshold_noise, then quadratic (genmo's `linear_quadratic_schedule`)."""
     if steps == 1:
         return torch.tensor([1.0, 0.0])
     linear_steps = steps // 2 if linear_steps is None else linear_steps

@@ -11,7 +11,8 @@ On disk (safetensors, JSON metadata under the key "dreamrelation"):
   alpha patterns), for diffusers pipelines.
 - layout "subjects" (`<name>.subjects.safetensors`): the subject LoRAs, `transformer.<module>.lora_A.<role>.weight`;
   training state for experiments, never read by a stock loader.
-Official DreamRelation checkpoints (`model_N.lora.pt`, METHOD.md §13) are read with `torch.load(weights_only=True)`.
+Official DreamRelation checkpoints (`model_N.lora.pt`, keys `blocks.N.attn.<to_q_x…proj_y>.lora_<A|B>[.<role>]`)
+are read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Hybrid-mask reconstruction loss (METHOD.md §5.3) and space-time relational contrastive loss (§6)."""
+"""Hybrid-mask reconstruction loss and space-time relational contrastive loss (docs/method.md, "Hybrid mask
+training" and "Space-time relational contrastive loss")."""
 from __future__ import annotations
 
 import random
@@ -20,7 +21,7 @@ def hybrid_mask_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 
 def relational_contrastive_loss(anchors, positives, negatives, temperature: float = 0.07):
-    """Multi-instance InfoNCE on cosine similarities (METHOD.md Eq. 3, averaged over anchors as the reference).
+    """Multi-instance InfoNCE on cosine similarities (paper Eq. 3, averaged over anchors as the reference).
 
     `anchors` [N, C], `positives` [N, P, C], `negatives` [N, K, C]. Per anchor:
     logsumexp(all logits) − logsumexp(positive logits), logits = cos / τ. Returns the mean over anchors.

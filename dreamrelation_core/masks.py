@@ -1,4 +1,4 @@
-"""Subject masks in latent space (METHOD.md §5.1) and the per-group loss masks of hybrid mask training (§5.2)."""
+"""Subject masks in latent space (docs/method.md, "Hybrid mask training") and the per-group loss masks of hybrid mask training."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Text-to-video sampling: Euler on the flow ODE with classifier-free guidance (METHOD.md §8)."""
+"""Text-to-video sampling: Euler on the flow ODE with classifier-free guidance (docs/method.md, "Flow matching conventions")."""
 from __future__ import annotations
 
 import math

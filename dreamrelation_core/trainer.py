@@ -1,4 +1,4 @@
-"""Relation LoRA triplet training: hybrid mask training + relational contrastive loss (METHOD.md §5-7, §15).
+"""Relation LoRA triplet training: hybrid mask training + relational contrastive loss (docs/method.md).
 
 One step: draw an exemplar and a group (relation / subject1 / subject2, 1/3 each), activate that group's adapters,
 noise the cached VAE posterior sample at σ ~ U(0, 1), predict the velocity, and minimise

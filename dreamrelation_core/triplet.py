@@ -1,4 +1,4 @@
-"""The relation LoRA triplet (METHOD.md §3): roles -> target modules, peft injection, group gating, inference merge.
+"""The relation LoRA triplet (docs/method.md, "Relation LoRA triplet"): roles -> target modules, peft injection, group gating, inference merge.
 
 Roles: `relation` (Q/K), `subject1` and `subject2` (two independent LoRAs on V) and `ffn` (the paper's "FFN LoRAs",
 placed on the attention output projections as in the reference, always on). Each role is one named peft adapter.
@@ -13,7 +13,7 @@ import torch
 
 from .archs import INFERENCE_ROLES, ROLES, Architecture
 
-# Hybrid mask training: the drawn group -> the adapters that run (and learn) in that step (METHOD.md §5.2).
+# Hybrid mask training: the drawn group -> the adapters that run (and learn) in that step (docs/method.md).
 GROUP_ROLES = {
     "relation": ("relation", "subject1", "subject2", "ffn"),
     "subject1": ("subject1", "ffn"),
@@ -131,7 +131,7 @@ def set_strengths(model: torch.nn.Module, strengths: dict) -> None:
 
 
 def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None) -> None:
-    """Merge relation + ffn into the base weights (subjects dropped), as DreamRelation infers (METHOD.md §8).
+    """Merge relation + ffn into the base weights (subjects dropped), as DreamRelation infers (paper §3.4).
 
     `strengths` (role -> float, default 1.0) scale each merged role; a subject role given a nonzero strength is
     merged too (an experiment: the subject LoRAs carry the exemplars' looks). Afterwards the model runs no LoRA

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from .comfy_backend import native_architecture
 from .common import CATEGORY, MAX_RESOLUTION
 
-# Each family's own sampling schedule (METHOD.md §8): Mochi linear-quadratic, Wan the model's shifted schedule.
+# Each family's own sampling schedule (docs/method.md, "Flow matching conventions"): Mochi linear-quadratic, Wan the model's shifted schedule.
 SCHEDULERS = {"mochi": "linear_quadratic", "wan": "simple", "synthrel": "simple"}
 
 

@@ -92,7 +92,7 @@ def test_mochi_swiglu_rows_are_swapped_for_native_mlp(make_tiny, tmp_path):
 
 
 def official_state_dict(blocks=2, dim_x=64, dim_y=32, rank=4, seed=0):
-    """An official DreamRelation LoRA state dict (METHOD.md §13 key names) for a model of the given sizes."""
+    """An official DreamRelation LoRA state dict (the official key names, `formats.official_to_lora`) for a model of the given sizes."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for i in range(blocks):

@@ -85,7 +85,7 @@ def test_mochi_fused_file_loads_in_stock_comfyui_with_exact_deltas(comfy, tmp_pa
 
 
 def test_relation_and_ffn_strengths_stack_as_separate_loads(comfy, tmp_path, caplog):
-    """Per-role strengths in ComfyUI = one load per role subset (COMFYUI.md §3.4): check our split files stack."""
+    """Per-role strengths in ComfyUI = one load per role subset (docs/comfyui.md): check our split files stack."""
     lora = relation_lora(WAN, TripletConfig(rank=4, alpha=4))
     rel = save_lora(tmp_path / "rel.safetensors", lora, roles=["relation"])
     ffn = save_lora(tmp_path / "ffn.safetensors", lora, roles=["ffn"])
