@@ -30,7 +30,7 @@ class TrainConfig:
     steps: int = 2400
     learning_rate: float = 2e-4
     weight_decay: float = 0.01
-    warmup_steps: int = 200
+    warmup_steps: int | None = None    # default min(200, horizon // 5): the reference's 200 at its 1800-2400 steps
     schedule_steps: int | None = None  # cosine horizon; default = steps (the reference used 3000 for 1800-2400 steps)
     caption_dropout: float = 0.1
     mask_weight: float = 50.0

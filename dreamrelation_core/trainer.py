@@ -160,7 +160,8 @@ class RelationTrainer:
         t = config.train
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=t.learning_rate, weight_decay=t.weight_decay)
         horizon = t.schedule_steps or t.steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(t.warmup_steps, horizon))
+        warmup = min(200, horizon // 5) if t.warmup_steps is None else t.warmup_steps     # the one warm-up rule
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, horizon))
         self.rng = random.Random(t.seed)
         self.generator = torch.Generator().manual_seed(t.seed)
         r = config.rcl

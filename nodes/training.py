@@ -136,7 +136,6 @@ class TrainRelationTriplet(io.ComfyNode):
         lora = TripletConfig(rank=rank, alpha=alpha, placement=None if placement == "default" else placement)
         config = RunConfig(name=lora_name, lora=lora,
                            train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
-                                             warmup_steps=min(200, steps // 5),
                                              seed=seed, checkpoint_every=checkpoint_every,
                                              sigma_min=max(SIGMA_FLOOR, sigma_min), sigma_max=sigma_max,
                                              gradient_checkpointing=gradient_checkpointing),

@@ -142,3 +142,11 @@ def test_warmup_cosine_schedule():
     f = warmup_cosine(200, 3000)
     assert f(0) == pytest.approx(1 / 200) and f(199) == pytest.approx(1.0)
     assert f(200) == pytest.approx(1.0) and f(1600) == pytest.approx(0.5) and f(3000) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("steps, warmup, expected", [(1500, None, 200), (100, None, 20), (100, 7, 7)])
+def test_one_warm_up_rule(exemplars, tmp_path, steps, warmup, expected):
+    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=steps, warmup_steps=warmup),
+                              progress=False)
+    lr = trainer.config.train.learning_rate
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(lr / expected)     # step 0 of a linear warm-up

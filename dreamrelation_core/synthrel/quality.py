@@ -57,7 +57,7 @@ def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: in
         data=DataConfig(videos=str(exemplars), frames=protocol.frames, height=protocol.size[0],
                         width=protocol.size[1]),
         lora=TripletConfig(rank=8, alpha=8, placement=overrides.get("placement")),
-        train=TrainConfig(steps=steps, learning_rate=1e-3, warmup_steps=min(50, steps // 5), checkpoint_every=0,
+        train=TrainConfig(steps=steps, learning_rate=1e-3, checkpoint_every=0,
                           sigma_min=TRAIN_SIGMA_MIN,
                           gradient_checkpointing=False, hybrid_masks=overrides.get("hybrid_masks", True),
                           subject_loras=overrides.get("subject_loras", True), seed=seed),
