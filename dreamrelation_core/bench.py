@@ -122,7 +122,7 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations.
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
     that keeps each judged (relation, method), so that a rerun resumes."""
-    from .synthrel import quality
+    from .synthrel import quality, recipe
     from .synthrel.protocol import DEFAULT, get_protocol
 
     chosen = DEFAULT if protocol is None else get_protocol(protocol)
@@ -133,7 +133,7 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress, protocol=chosen)
         markdown = quality.base_markdown(result, chosen.name)
     elif kind == "quality":
-        result = quality.benchmark(steps=30 if quick else quality.TRAIN_STEPS,
+        result = quality.benchmark(steps=30 if quick else recipe.TRAIN_STEPS,
                                    prompts=2 if quick else quality.PROMPTS, seeds=(0,) if quick else (0, 1, 2),
                                    progress=progress, protocol=chosen, work=None if work is None else Path(work))
         markdown = quality.markdown(result)

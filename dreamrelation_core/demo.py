@@ -34,7 +34,7 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     from tqdm.auto import tqdm
 
     from .archs import INFERENCE_ROLES, ROLES
-    from .synthrel import quality
+    from .synthrel import recipe
     from .synthrel.base import build_synthrel_base
     from .synthrel.evaluate import evaluate_video
     from .synthrel.protocol import DEFAULT
@@ -50,12 +50,12 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
                                 lossless=protocol.lossless)
     subjects = protocol.test_subjects(1)[0]
     prompt = caption(relation, *subjects)
-    steps = quality.TRAIN_STEPS if steps is None else steps
+    steps = recipe.TRAIN_STEPS if steps is None else steps
     models, loras = {"base": (build_synthrel_base(protocol.weights), ())}, {}
     for method, overrides, roles in (("dreamrelation", {}, INFERENCE_ROLES),
                                      ("direct_lora", {"hybrid_masks": False, "rcl": False}, ROLES)):
         folder = out if method == "dreamrelation" else out / method
-        config = quality.run_config(folder, exemplars, steps, overrides, 0, protocol)
+        config = recipe.run_config(folder, exemplars, steps, overrides, 0, protocol)
         trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights), progress=progress,
                                   overwrite=True)
         loras[method] = trainer.train()
@@ -73,7 +73,7 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
             activate(base.transformer, roles)
         verdicts = []
         for seed in seeds:
-            clip = quality.sample_clip(base, prompt, seed, quality.STEPS, quality.CFG, protocol)
+            clip = recipe.sample_clip(base, prompt, seed, recipe.STEPS, recipe.CFG, protocol)
             verdict = evaluate_video(clip, *subjects, protocol.exemplar_subjects)
             verdicts.append(verdict)
             seen = verdict["relation"] or "no relation"

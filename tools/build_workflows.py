@@ -127,7 +127,7 @@ def mochi_official():
 def synthrel_demo():
     from dreamrelation_core.archs import SYNTHREL
     from dreamrelation_core.synthrel.protocol import DEFAULT
-    from dreamrelation_core.synthrel.quality import TRAIN_SIGMA_MIN, TRAIN_STEPS
+    from dreamrelation_core.synthrel.recipe import TRAIN_SIGMA_MIN, TRAIN_STEPS
 
     size = {"width": DEFAULT.size[1], "height": DEFAULT.size[0], "length": DEFAULT.frames}
     sample = {**size, "steps": SYNTHREL.sample_steps, "cfg": SYNTHREL.sample_cfg, "seed": 0}

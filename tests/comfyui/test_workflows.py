@@ -58,7 +58,7 @@ def test_synthrel_demo_workflow_runs_end_to_end(server):
     for node_id, node in prompt.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
     (train,) = by_type["DreamRelationTrain"]
-    from dreamrelation_core.synthrel.quality import TRAIN_SIGMA_MIN, TRAIN_STEPS
+    from dreamrelation_core.synthrel.recipe import TRAIN_SIGMA_MIN, TRAIN_STEPS
     assert prompt[train]["inputs"]["steps"] == TRAIN_STEPS         # the JSON repeats the benchmark's constants
     assert prompt[train]["inputs"]["sigma_min"] == TRAIN_SIGMA_MIN and prompt[train]["inputs"]["sigma_max"] == 1.0
     prompt[train]["inputs"].update(steps=4, lora_name="synthrel_workflow_test")
