@@ -12,7 +12,7 @@ def _train(args) -> int:
     from .trainer import RelationTrainer
 
     config = load_config(args.config)
-    trainer = RelationTrainer(config, output_dir=args.out, overwrite=args.overwrite)
+    trainer = RelationTrainer.from_config(config, output_dir=args.out, overwrite=args.overwrite)
     if args.resume:
         print(f"resumed at step {trainer.resume(args.resume)}")
     lora = trainer.train(max_steps=args.max_steps)

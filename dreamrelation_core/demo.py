@@ -56,7 +56,7 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
                                      ("direct_lora", {"hybrid_masks": False, "rcl": False}, ROLES)):
         folder = out if method == "dreamrelation" else out / method
         config = recipe.run_config(folder, exemplars, steps, overrides, 0, protocol)
-        trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights), progress=progress,
+        trainer = RelationTrainer.from_config(config, base=build_synthrel_base(protocol.weights), progress=progress,
                                   overwrite=True)
         loras[method] = trainer.train()
         models[method] = (trainer.backend.base, roles)

@@ -18,18 +18,19 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from .archs import INFERENCE_ROLES, ROLES
+from .archs import INFERENCE_ROLES, ROLES, Architecture
 from .checkpoints import (checkpoint_step, checkpoints, differing_settings, items_digest, latest_checkpoint,
                           run_settings, stale_checkpoints)
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
-from .formats import atomic_write_many, file_digest, lora_from_model, save_lora_pair
+from .formats import RelationLora, atomic_write_many, file_digest, lora_from_model, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
@@ -77,14 +78,24 @@ class StepInputs:
     posterior_noise: torch.Tensor
 
 
-class PeftBackend:
-    """The diffusers backend: a loaded `Base` whose transformer carries the triplet as named peft adapters.
+class TrainerBackend(Protocol):
+    """What `RelationTrainer` trains through: the diffusers backend (`PeftBackend`) or ComfyUI's native MODEL
+    (`nodes/comfy_backend.py`). `preview(...)` is optional."""
 
-    Backend protocol (the ComfyUI backend in `nodes/` implements the same): `arch`, `device`, `name`,
-    `parameters()`, `activate(roles)`, `velocity(latents [1, C, f, h, w], sigma [1], text, text_mask)` ->
-    canonical ε − z0 (text as the backend stores it in `TrainingItem.text`), `null_text` (its unconditional text,
-    for caption dropout), `lora(alphas, info)` -> RelationLora, optional `preview(...)`.
-    """
+    arch: Architecture
+    device: torch.device
+    name: str
+    null_text: tuple              # (text, text_mask) of the unconditional input, as `TrainingItem.text` holds text
+
+    def parameters(self) -> dict: ...                     # name -> every LoRA parameter of the triplet
+    def activate(self, roles) -> None: ...                # run exactly these roles' adapters
+    def velocity(self, latents, sigma, text, text_mask) -> torch.Tensor: ...   # canonical ε − z0, [1, C, f, h, w]
+    def lora(self, alphas: dict, info: dict) -> RelationLora: ...               # the triplet's weights
+
+
+class PeftBackend:
+    """The diffusers backend (`TrainerBackend`): a loaded `Base` whose transformer carries the triplet as named
+    peft adapters."""
 
     def __init__(self, base, config: RunConfig, device: torch.device):
         self.base, self.arch, self.device, self.name = base, base.arch, device, base.name
@@ -133,24 +144,14 @@ class PeftBackend:
 class RelationTrainer:
     """Trains a relation LoRA triplet from exemplars with hybrid mask training and RCL.
 
-    Without `backend`, the diffusers base of `config.base` is loaded and the exemplars of `config.data` are
-    encoded (cached). A `backend` (the ComfyUI one, tests) comes with its encoded `items`.
+    It trains through a `backend` on encoded `items`; `from_config` builds both for the diffusers backend (the
+    ComfyUI Train node builds its own).
     """
 
-    def __init__(self, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True,
-                 backend=None, overwrite: bool = False):
+    def __init__(self, config: RunConfig, backend: TrainerBackend, items: list[TrainingItem], output_dir=None,
+                 progress: bool = True, overwrite: bool = False):
         self.config, self.progress = config, progress
         self.out = Path(output_dir or config.output_dir)
-        if backend is None:
-            from .bases import load_base
-
-            device = resolve_device(config.device)
-            base = base or load_base(config.base, config.components, dtype=resolve_dtype(config.train.base_dtype,
-                                                                                        device), expert=config.expert)
-            base.to(device)
-            cache = Path(config.data.cache_dir) if config.data.cache_dir else self.out / "cache"
-            items = items if items is not None else prepare_training_set(base, config.data, cache, progress)
-            backend = PeftBackend(base, config, device)
         self.backend, self.items = backend, items
         if not self.items:
             raise ValueError("no training exemplars")
@@ -172,6 +173,22 @@ class RelationTrainer:
         self.settings = run_settings(config, items_digest(self.items))
         self.overwrite = overwrite
         self.step, self._saved_step, self._updating, self._stop_signal = 0, None, False, None
+
+    @classmethod
+    def from_config(cls, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True,
+                    overwrite: bool = False) -> "RelationTrainer":
+        """The diffusers backend: load `config.base` (unless `base` is given), encode the exemplars of
+        `config.data` (cached; unless `items` are given) and inject the triplet with peft."""
+        from .bases import load_base
+
+        out = Path(output_dir or config.output_dir)
+        device = resolve_device(config.device)
+        base = base or load_base(config.base, config.components, dtype=resolve_dtype(config.train.base_dtype, device),
+                                 expert=config.expert)
+        base.to(device)
+        cache = Path(config.data.cache_dir) if config.data.cache_dir else out / "cache"
+        items = items if items is not None else prepare_training_set(base, config.data, cache, progress)
+        return cls(config, PeftBackend(base, config, device), items, out, progress, overwrite)
 
     # ---- one step -------------------------------------------------------------------------------------------
     def draw(self) -> StepInputs:

@@ -54,7 +54,7 @@ def test_train_sample_inspect(run_config, tmp_path, capsys):
 
 def test_saved_lora_reproduces_the_trainers_inference_set(run_config, tmp_path):
     config = load_config(run_config)
-    trainer = RelationTrainer(config, output_dir=tmp_path / "o", progress=False)
+    trainer = RelationTrainer.from_config(config, output_dir=tmp_path / "o", progress=False)
     lora = trainer.train()
     trainer.backend.activate(("relation", "ffn"))
     kwargs = dict(frames=9, height=32, width=32, steps=3, cfg=4.0, seed=1, progress=False)

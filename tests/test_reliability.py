@@ -22,7 +22,7 @@ from dreamrelation_core.config import config_from_dict
 from dreamrelation_core.data import check_subject_masks, prepare_clip, read_color_masks
 from dreamrelation_core.synthrel import write_exemplars
 from dreamrelation_core.trainer import NonFiniteLoss, RelationTrainer
-from test_trainer import CLIP, PAIRS, losses, make_config
+from test_trainer import PAIRS, losses, make_config, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -90,11 +90,9 @@ def test_a_signal_at_a_random_step_then_resume_is_bit_identical(tmp_path, exempl
 
 
 def test_an_error_inside_a_step_discards_it_and_resume_is_exact(tmp_path, exemplars):
-    full = RelationTrainer(make_config("wan", exemplars, tmp_path / "full", steps=6, checkpoint_every=0),
-                           progress=False)
+    full = make_trainer("wan", exemplars, tmp_path / "full", steps=6, checkpoint_every=0)
     full.train()
-    part = RelationTrainer(make_config("wan", exemplars, tmp_path / "part", steps=6, checkpoint_every=0),
-                           progress=False)
+    part = make_trainer("wan", exemplars, tmp_path / "part", steps=6, checkpoint_every=0)
     velocity, calls = part.backend.velocity, []
 
     def failing(*args):
@@ -107,15 +105,14 @@ def test_an_error_inside_a_step_discards_it_and_resume_is_exact(tmp_path, exempl
     with pytest.raises(RuntimeError, match="simulated"):
         part.train()
     assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == ["step_000003"]
-    resumed = RelationTrainer(make_config("wan", exemplars, tmp_path / "part", steps=6, checkpoint_every=0),
-                              progress=False)
+    resumed = make_trainer("wan", exemplars, tmp_path / "part", steps=6, checkpoint_every=0)
     assert resumed.resume(tmp_path / "part") == 3
     resumed.train()
     assert losses(tmp_path / "part") == losses(tmp_path / "full")
 
 
 def test_a_non_finite_loss_stops_with_the_last_good_state(tmp_path, exemplars, capsys):
-    trainer = RelationTrainer(make_config("wan", exemplars, tmp_path, steps=6, checkpoint_every=0), progress=False)
+    trainer = make_trainer("wan", exemplars, tmp_path, steps=6, checkpoint_every=0)
     velocity = trainer.backend.velocity
     trainer.backend.velocity = lambda *a: velocity(*a) * (float("nan") if trainer.step == 2 else 1.0)
     with pytest.raises(NonFiniteLoss, match=r"the loss is nan at step 3 .*last good state \(step 2\).*max_grad_norm"):
@@ -128,8 +125,8 @@ def test_gradient_clipping_and_the_logged_gradient_norm(tmp_path, exemplars):
     runs = {}
     for clip in (None, 1e-4):
         out = tmp_path / str(clip)
-        trainer = RelationTrainer(make_config("wan", exemplars, out, steps=3, checkpoint_every=0, warmup_steps=0,
-                                              learning_rate=1e-3, max_grad_norm=clip), progress=False)
+        trainer = make_trainer("wan", exemplars, out, steps=3, checkpoint_every=0, warmup_steps=0,
+                               learning_rate=1e-3, max_grad_norm=clip)
         before = {k: v.detach().clone() for k, v in trainer.params.items()}
         trainer.train()
         runs[clip] = sum((trainer.params[k].detach() - before[k]).norm() for k in before)
@@ -139,8 +136,7 @@ def test_gradient_clipping_and_the_logged_gradient_norm(tmp_path, exemplars):
 
 
 def test_fp16_autocast_trains_with_a_grad_scaler(tmp_path, exemplars):
-    trainer = RelationTrainer(make_config("wan", exemplars, tmp_path, steps=2, checkpoint_every=0,
-                                          mixed_precision="fp16"), progress=False)
+    trainer = make_trainer("wan", exemplars, tmp_path, steps=2, checkpoint_every=0, mixed_precision="fp16")
     assert trainer.scaler.is_enabled()
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.params.values())
@@ -151,23 +147,23 @@ def test_fp16_autocast_trains_with_a_grad_scaler(tmp_path, exemplars):
 # ---- run folders ---------------------------------------------------------------------------------------------
 
 def test_a_folder_holding_another_run_is_refused_or_started_fresh(tmp_path, exemplars):
-    RelationTrainer(make_config("wan", exemplars, tmp_path, steps=4, checkpoint_every=2), progress=False).train()
+    make_trainer("wan", exemplars, tmp_path, steps=4, checkpoint_every=2).train()
     other = make_config("wan", exemplars, tmp_path, steps=2, checkpoint_every=1)
     other.lora.rank = 8
     with pytest.raises(ValueError, match=r"holds checkpoints of another run \(lora.rank \(4 → 8\)\), up to step 4"):
-        RelationTrainer(other, progress=False).train()
+        RelationTrainer.from_config(other, progress=False).train()
     same = make_config("wan", exemplars, tmp_path, steps=2, checkpoint_every=1)
     with pytest.raises(ValueError, match="a run with these settings.*--resume"):
-        RelationTrainer(same, progress=False).train()
+        RelationTrainer.from_config(same, progress=False).train()
     with pytest.raises(ValueError, match=r"trained with other settings: lora.rank \(4 → 8\)"):
-        RelationTrainer(other, progress=False).resume(tmp_path)
-    RelationTrainer(other, progress=False, overwrite=True).train()
+        RelationTrainer.from_config(other, progress=False).resume(tmp_path)
+    RelationTrainer.from_config(other, progress=False, overwrite=True).train()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     assert len(losses(tmp_path)) == 2
 
 
 def test_old_checkpoints_of_another_rank_are_refused_by_shape(tmp_path, exemplars):
-    RelationTrainer(make_config("wan", exemplars, tmp_path, steps=2, checkpoint_every=0), progress=False).train()
+    make_trainer("wan", exemplars, tmp_path, steps=2, checkpoint_every=0).train()
     state_path = tmp_path / "checkpoints" / "step_000002" / "state.pt"
     state = torch.load(state_path, weights_only=True)
     del state["settings"]                               # as saved before checkpoints carried their settings
@@ -175,25 +171,22 @@ def test_old_checkpoints_of_another_rank_are_refused_by_shape(tmp_path, exemplar
     other = make_config("wan", exemplars, tmp_path, steps=2)
     other.lora.rank = 8
     with pytest.raises(ValueError, match=r"\(4, 32\) there, \(8, 32\) here \(another lora.rank\?\)"):
-        RelationTrainer(other, progress=False).resume(tmp_path)
+        RelationTrainer.from_config(other, progress=False).resume(tmp_path)
 
 
 def test_resuming_an_earlier_checkpoint_prunes_by_step(tmp_path, exemplars):
-    RelationTrainer(make_config("wan", exemplars, tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=3),
-                    progress=False).train()
+    make_trainer("wan", exemplars, tmp_path, steps=6, checkpoint_every=2, keep_checkpoints=3).train()
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["step_000002", "step_000004", "step_000006"]
-    again = RelationTrainer(make_config("wan", exemplars, tmp_path, steps=6, checkpoint_every=1, keep_checkpoints=2),
-                            progress=False)
+    again = make_trainer("wan", exemplars, tmp_path, steps=6, checkpoint_every=1, keep_checkpoints=2)
     again.resume(folder / "step_000002")
     again.train(max_steps=3)
     assert sorted(p.name for p in folder.iterdir()) == ["step_000002", "step_000003"]
 
 
 def test_changing_only_the_length_and_cadence_resumes(tmp_path, exemplars):
-    RelationTrainer(make_config("wan", exemplars, tmp_path, steps=2, checkpoint_every=0), progress=False).train()
-    longer = RelationTrainer(make_config("wan", exemplars, tmp_path, steps=4, checkpoint_every=1, warmup_steps=3),
-                             progress=False)
+    make_trainer("wan", exemplars, tmp_path, steps=2, checkpoint_every=0).train()
+    longer = make_trainer("wan", exemplars, tmp_path, steps=4, checkpoint_every=1, warmup_steps=3)
     assert longer.resume(tmp_path) == 2
     longer.train()
     assert len(losses(tmp_path)) == 4
@@ -202,7 +195,7 @@ def test_changing_only_the_length_and_cadence_resumes(tmp_path, exemplars):
 # ---- files ----------------------------------------------------------------------------------------------------
 
 def test_saved_files_are_0644_and_a_full_disk_keeps_the_previous_pair(tmp_path, exemplars, monkeypatch, capsys):
-    trainer = RelationTrainer(make_config("wan", exemplars, tmp_path, steps=1, checkpoint_every=0), progress=False)
+    trainer = make_trainer("wan", exemplars, tmp_path, steps=1, checkpoint_every=0)
     relation = trainer.train()
     subjects = tmp_path / "rel.subjects.safetensors"
     os.umask(mask := os.umask(0o022))
@@ -236,7 +229,7 @@ def test_cli_names_a_full_disk_in_one_line(tmp_path, exemplars, monkeypatch, cap
 
 
 def test_damaged_and_non_finite_loras_are_refused_by_name(tmp_path, exemplars):
-    RelationTrainer(make_config("wan", exemplars, tmp_path, steps=1, checkpoint_every=0), progress=False).train()
+    make_trainer("wan", exemplars, tmp_path, steps=1, checkpoint_every=0).train()
     path = tmp_path / "rel.safetensors"
     tensors, meta = formats.read_safetensors(path)
     info = json.loads(meta["dreamrelation"])
@@ -254,7 +247,7 @@ def test_damaged_and_non_finite_loras_are_refused_by_name(tmp_path, exemplars):
 
 
 def test_converting_a_subjects_file_is_refused(tmp_path, exemplars, capsys):
-    RelationTrainer(make_config("wan", exemplars, tmp_path, steps=1, checkpoint_every=0), progress=False).train()
+    make_trainer("wan", exemplars, tmp_path, steps=1, checkpoint_every=0).train()
     out = tmp_path / "converted.safetensors"
     assert main(["convert", str(tmp_path / "rel.subjects.safetensors"), str(out)]) == 2
     assert "a .subjects file holds only the subject LoRAs" in capsys.readouterr().err
@@ -365,8 +358,7 @@ def test_exemplars_are_resampled_to_the_models_frame_rate(tmp_path):
 def test_posterior_mean_trains_on_the_mean_as_comfyui_does(tmp_path, exemplars):
     runs = {}
     for posterior in ("sample", "mean"):
-        trainer = RelationTrainer(make_config("wan", exemplars, tmp_path / posterior, posterior=posterior),
-                                  progress=False)
+        trainer = make_trainer("wan", exemplars, tmp_path / posterior, posterior=posterior)
         inputs = trainer.draw()
         seen = []
         velocity = trainer.backend.velocity

@@ -31,6 +31,10 @@ def make_config(arch, videos, out, **train):
                      rcl=RCLConfig(n_pos=2, n_neg=4))
 
 
+def make_trainer(arch, videos, out, **train):
+    return RelationTrainer.from_config(make_config(arch, videos, out, **train), progress=False)
+
+
 def losses(out):
     return [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()]
 
@@ -50,8 +54,7 @@ def test_training_set_shapes_and_cache(exemplars, tmp_path):
 
 @pytest.mark.parametrize("arch", ["wan", "mochi"])
 def test_training_steps_reduce_loss_on_a_fixed_batch(exemplars, tmp_path, arch):
-    trainer = RelationTrainer(make_config(arch, exemplars[arch], tmp_path, learning_rate=5e-3, warmup_steps=0,
-                                          steps=1000), progress=False)
+    trainer = make_trainer(arch, exemplars[arch], tmp_path, learning_rate=5e-3, warmup_steps=0, steps=1000)
     trainer.config.rcl.enabled = False
     fixed = trainer.draw()
     fixed = StepInputs(fixed.item, "relation", False, torch.tensor([0.5]), fixed.noise, fixed.posterior_noise)
@@ -66,12 +69,12 @@ def test_training_steps_reduce_loss_on_a_fixed_batch(exemplars, tmp_path, arch):
 
 
 def test_resume_continues_the_same_loss_trajectory(exemplars, tmp_path):
-    full = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "full"), progress=False)
+    full = make_trainer("wan", exemplars["wan"], tmp_path / "full")
     full.train()
-    part = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "part"), progress=False)
+    part = make_trainer("wan", exemplars["wan"], tmp_path / "part")
     part.train(max_steps=3)
     assert len(losses(tmp_path / "part")) == 3
-    resumed = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "part"), progress=False)
+    resumed = make_trainer("wan", exemplars["wan"], tmp_path / "part")
     assert resumed.resume(tmp_path / "part") == 3
     lora = resumed.train()
     assert losses(tmp_path / "part") == pytest.approx(losses(tmp_path / "full"), rel=1e-6, abs=1e-7)
@@ -82,7 +85,7 @@ def test_resume_continues_the_same_loss_trajectory(exemplars, tmp_path):
 
 
 def test_lora_file_holds_exactly_the_inference_set_in_native_keys(exemplars, tmp_path):
-    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=2), progress=False)
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, steps=2)
     path = trainer.train()
     with safe_open(str(path), "pt") as f:
         keys, meta = set(f.keys()), json.loads(f.metadata()["dreamrelation"])
@@ -100,17 +103,17 @@ def test_lora_file_holds_exactly_the_inference_set_in_native_keys(exemplars, tmp
 
 
 def test_group_draws_and_caption_dropout_follow_the_config(exemplars, tmp_path):
-    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, caption_dropout=1.0), progress=False)
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, caption_dropout=1.0)
     draws = [trainer.draw() for _ in range(300)]
     counts = {g: sum(d.group == g for d in draws) for g in ("relation", "subject1", "subject2")}
     assert all(70 < c < 130 for c in counts.values()), counts        # 1/3 each
     assert all(d.drop_caption for d in draws)
-    off = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path / "off", hybrid_masks=False), progress=False)
+    off = make_trainer("wan", exemplars["wan"], tmp_path / "off", hybrid_masks=False)
     assert off.draw().group is None
 
 
 def test_inactive_adapters_still_get_the_reference_adamw_update(exemplars, tmp_path):
-    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=3), progress=False)
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, steps=3)
     a = [n for n in trainer.params if ".lora_A.subject2." in n][0]
     before = trainer.params[a].detach().clone()
     trainer.draw = lambda: StepInputs(trainer.items[0], "subject1", False, torch.tensor([0.3]),
@@ -125,8 +128,7 @@ def test_inactive_adapters_still_get_the_reference_adamw_update(exemplars, tmp_p
 def test_without_subject_loras_only_the_inference_set_learns(exemplars, tmp_path, group):
     """The "w/o Subject LoRAs" ablation: whatever group is drawn (or none, without hybrid masks), the subject LoRAs
     never run, so their B stays exactly zero, while relation (when its group is drawn) and ffn learn."""
-    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, subject_loras=False,
-                                          hybrid_masks=group is not None), progress=False)
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, subject_loras=False, hybrid_masks=group is not None)
     trainer.draw = lambda: StepInputs(trainer.items[0], group, False, torch.tensor([0.6]),
                                       torch.randn(1, 16, 3, 4, 4), torch.randn(1, 16, 3, 4, 4))
     for _ in range(3):
@@ -146,7 +148,6 @@ def test_warmup_cosine_schedule():
 
 @pytest.mark.parametrize("steps, warmup, expected", [(1500, None, 200), (100, None, 20), (100, 7, 7)])
 def test_one_warm_up_rule(exemplars, tmp_path, steps, warmup, expected):
-    trainer = RelationTrainer(make_config("wan", exemplars["wan"], tmp_path, steps=steps, warmup_steps=warmup),
-                              progress=False)
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, steps=steps, warmup_steps=warmup)
     lr = trainer.config.train.learning_rate
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(lr / expected)     # step 0 of a linear warm-up

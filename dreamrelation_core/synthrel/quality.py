@@ -118,7 +118,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                     if key not in trained:
                         start = time.time()
                         config = run_config(folder / method, exemplar_folder, steps, overrides, 0, protocol)
-                        trainer = RelationTrainer(config, base=build_synthrel_base(protocol.weights),
+                        trainer = RelationTrainer.from_config(config, base=build_synthrel_base(protocol.weights),
                                                   progress=progress, overwrite=True)   # an unjudged earlier try
                         trainer.train()
                         trained[key] = (trainer.backend.base, time.time() - start)
