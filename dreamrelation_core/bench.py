@@ -1,5 +1,5 @@
 """Benchmarks (`python -m dreamrelation_core bench ...`): they print their figures and write them to
-docs/benchmarks.md (one section per benchmark, replaced in place)."""
+docs/benchmarks.md in a checkout, else to `--out` (one section per benchmark, replaced in place)."""
 from __future__ import annotations
 
 import collections
@@ -10,7 +10,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .files import atomic_write_json, atomic_write_text
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def default_doc() -> Path:
+    """docs/benchmarks.md of the checkout this package runs from; ./benchmarks.md for an installed package (whose
+    parent folder is site-packages, no place for our docs)."""
+    return DOC if DOC.is_file() or (DOC.parents[1] / ".git").exists() else Path.cwd() / "benchmarks.md"
 
 
 def write_section(name: str, markdown: str, doc: Path = DOC) -> Path:
@@ -20,9 +28,7 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> Path:
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-    return doc
+    return atomic_write_text(doc, text)
 
 
 def degrade(video, rng):
@@ -112,20 +118,21 @@ def evaluator_markdown(result: dict, degraded: dict) -> str:
 
 def _write_json(result: dict, json_path) -> None:
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(json_path, result)
 
 
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
-        protocol: str | None = None, work=None) -> dict:
+        protocol: str | None = None, work=None, out=None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations.
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
-    that keeps each judged (relation, method), so that a rerun resumes."""
+    that keeps each judged (relation, method), so that a rerun resumes; `out`: the markdown file for the figures
+    (default `default_doc()`)."""
     from .synthrel import quality, recipe
     from .synthrel.protocol import DEFAULT, get_protocol
 
     chosen = DEFAULT if protocol is None else get_protocol(protocol)
+    doc = Path(out) if out else default_doc()
     if kind in ("base", "quality") and not chosen.weights.is_file():
         raise FileNotFoundError(f"no SynthRel {chosen.name} base at {chosen.weights}: pretrain it first "
                                 f"(python -m dreamrelation_core pretrain-synthrel --protocol {chosen.name})")
@@ -138,21 +145,22 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
                                    progress=progress, protocol=chosen, work=None if work is None else Path(work))
         markdown = quality.markdown(result)
     elif kind == "evaluator":
-        return _evaluator(clips, json_path, progress)
+        return _evaluator(clips, json_path, progress, doc)
     else:
         raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base or quality")
     print(markdown)
     if not quick:      # each protocol has its own section: the v1 tables stay as history
-        write_section(kind if chosen.name == "v1" else f"{kind}_{chosen.name}", markdown)
+        section = kind if chosen.name == "v1" else f"{kind}_{chosen.name}"
+        print(f"figures written to {write_section(section, markdown, doc)}")
     _write_json(result, json_path)
     return result
 
 
-def _evaluator(clips: int, json_path, progress: bool) -> dict:
+def _evaluator(clips: int, json_path, progress: bool, doc: Path) -> dict:
     result = evaluator_benchmark(clips, progress=progress)
     degraded = evaluator_benchmark(clips, seed=1, progress=progress, degraded=True)
     markdown = evaluator_markdown(result, degraded)
     print(markdown)
-    write_section("evaluator", markdown)
+    print(f"figures written to {write_section('evaluator', markdown, doc)}")
     _write_json({"crisp": result, "degraded": degraded}, json_path)
     return {"crisp": result, "degraded": degraded}

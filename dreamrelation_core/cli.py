@@ -86,7 +86,8 @@ def _convert(args) -> int:
 def _bench(args) -> int:
     from .bench import run
 
-    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work)
+    run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work,
+        out=args.out)
     return 0
 
 
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=50, help="evaluator: clips per relation")
     p.add_argument("--quick", action="store_true", help="a fast mini run (not written to docs/benchmarks.md)")
     p.add_argument("--json", help="also write the figures as JSON here")
+    p.add_argument("--out", help="markdown file for the figures (default: docs/benchmarks.md in a checkout, else "
+                                 "./benchmarks.md)")
     p.add_argument("--protocol", choices=("v1", "v2"), default=None,
                    help="SynthRel protocol of base and quality (default: the shipped base's)")
     p.add_argument("--work", help="quality: keep each judged relation × method here; rerun to resume")

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .archs import INFERENCE_ROLES, ROLES, get_architecture
+from .files import atomic_write_many
 from .triplet import activate, role_parameters, unmerge_lora
 
 FORMAT = "dreamrelation.lora"
@@ -231,40 +230,6 @@ def atomic_save_many(files) -> list[Path]:
     """Write several safetensors files, (tensors, path, metadata) each, as one (`atomic_write_many`)."""
     return atomic_write_many([(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
                               for tensors, path, metadata in files])
-
-
-def atomic_write_many(files) -> list[Path]:
-    """Write several files, (path, bytes) each, as one: all go to temp files in their folders first, then are
-    renamed, so a crash or a full disk leaves every previous file intact. Files are 0644 (less the umask), as
-    model files should be. A failed write raises OSError naming the file ("No space left on device": ENOSPC)."""
-    done = []
-    try:
-        for path, data in files:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            done.append((tmp, path))
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, str(path)) from None
-            os.chmod(tmp, 0o666 & ~_umask())
-        for tmp, path in done:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in done:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return [path for _, path in done]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _metadata(lora: RelationLora, layout: str, roles, role_keys: dict, fused: dict | None = None) -> dict:

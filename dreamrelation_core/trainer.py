@@ -30,7 +30,8 @@ from .checkpoints import (checkpoint_step, checkpoints, differing_settings, item
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
-from .formats import RelationLora, atomic_write_many, file_digest, lora_from_model, save_lora_pair
+from .files import atomic_write_many
+from .formats import RelationLora, file_digest, lora_from_model, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters

@@ -20,6 +20,7 @@ from ..dreamrelation_core.archs import MODEL_FAMILIES
 from ..dreamrelation_core.config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..dreamrelation_core.data import TrainingItem, prepare_clip
 from ..dreamrelation_core.flow import check_sigma_range
+from ..dreamrelation_core.files import atomic_write_json
 from ..dreamrelation_core.formats import subjects_path
 from ..dreamrelation_core.masks import latent_masks
 from ..dreamrelation_core.trainer import RelationTrainer, latest_checkpoint
@@ -152,7 +153,7 @@ class TrainRelationTriplet(io.ComfyNode):
         elif (out / "checkpoints").is_dir():
             shutil.rmtree(out / "checkpoints")        # resume off: train anew, never mix with the old run's files
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RUN_FILE, settings)
+        atomic_write_json(out / RUN_FILE, settings)
         with torch.inference_mode(False), torch.enable_grad():
             backend = ComfyBackend(model, config.lora, seed)
             arch = backend.arch
@@ -277,12 +278,6 @@ def _check_same_run(out: Path, settings: dict, lora_name: str) -> None:
                           for k in differ)
         raise ValueError(f"lora_name '{lora_name}': its checkpoints in {out} were trained with other settings: "
                          f"{names}. Choose another lora_name, or turn resume off to train anew.")
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _logged_losses(run: Path, upto: int | None = None) -> list[tuple[int, float]]:

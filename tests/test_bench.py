@@ -102,3 +102,17 @@ def test_v2_quick_benchmark_runs_on_textured_exemplars_and_resumes(monkeypatch, 
     seen = {a for s in V2.exemplar_subjects for a in s}
     for s1, s2 in V2.test_subjects(24):
         assert not {*s1, *s2} & seen
+
+
+def test_figures_go_to_the_checkouts_docs_or_elsewhere_to_out(tmp_path, monkeypatch):
+    from dreamrelation_core import bench
+
+    assert bench.default_doc() == bench.DOC                        # this checkout
+    monkeypatch.setattr(bench, "DOC", tmp_path / "site-packages" / "docs" / "benchmarks.md")
+    monkeypatch.chdir(tmp_path)
+    assert bench.default_doc() == tmp_path / "benchmarks.md"     # an installed package: the working folder
+    monkeypatch.setattr(bench, "evaluator_benchmark", lambda *a, **k: {"stub": True})
+    monkeypatch.setattr(bench, "evaluator_markdown", lambda *a: "| figures |")
+    bench.run("evaluator", out=tmp_path / "mine.md", progress=False)
+    assert "| figures |" in (tmp_path / "mine.md").read_text()
+    assert not (tmp_path / "site-packages").exists()

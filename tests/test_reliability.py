@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from dreamrelation_core import formats
+from dreamrelation_core import files, formats
 from dreamrelation_core.cli import main
 from dreamrelation_core.config import config_from_dict
 from dreamrelation_core.data import check_subject_masks, prepare_clip, read_color_masks
@@ -208,7 +208,7 @@ def test_saved_files_are_0644_and_a_full_disk_keeps_the_previous_pair(tmp_path, 
         if len(synced) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(formats.os, "fsync", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)
     trainer.step = 99
     with pytest.raises(OSError) as caught:
         trainer.save_lora()
@@ -221,7 +221,7 @@ def test_cli_names_a_full_disk_in_one_line(tmp_path, exemplars, monkeypatch, cap
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(formats.os, "fsync", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)
     config = cli_config(tmp_path, exemplars, steps=1)
     assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 2
     last = capsys.readouterr().err.splitlines()[-1]     # after the progress bar

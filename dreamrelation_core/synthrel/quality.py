@@ -19,6 +19,7 @@ from pathlib import Path
 
 
 from ..archs import INFERENCE_ROLES, ROLES, SYNTHREL
+from ..files import atomic_write_json
 from .base import HELD_OUT, build_synthrel_base
 from .protocol import DEFAULT, Protocol
 from .recipe import CFG, STEPS, TRAIN_SIGMA_MIN, TRAIN_STEPS, run_config, sample_clip
@@ -129,7 +130,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                 verdict["train_seconds"] = train_seconds
                 results[method]["per_relation"][relation] = verdict
                 if work is not None:
-                    _write_json_atomic(done, {"settings": settings, "verdict": verdict})
+                    atomic_write_json(done, {"settings": settings, "verdict": verdict})
     for method, result in results.items():
         rel = result["per_relation"].values()
         result["relation_accuracy"] = statistics.mean(v["relation_accuracy"] for v in rel)
@@ -163,13 +164,6 @@ def _sha256(path: Path) -> str | None:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
-
-
-def _write_json_atomic(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _cached_verdict(path: Path, settings: dict) -> dict:
