@@ -3,7 +3,6 @@ docs/benchmarks.md in a checkout, else to `--out` (one section per benchmark, re
 from __future__ import annotations
 
 import collections
-import json
 import random
 import re
 from pathlib import Path

@@ -80,8 +80,10 @@ class RelationalContrastiveBank:
         return {"positives": list(self.positives), "negatives": list(self.negatives), "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.positives.clear(); self.positives.extend(state["positives"])
-        self.negatives.clear(); self.negatives.extend(state["negatives"])
+        self.positives.clear()
+        self.positives.extend(state["positives"])
+        self.negatives.clear()
+        self.negatives.extend(state["negatives"])
         self.rng.setstate(as_random_state(state["rng"]))
 
 
