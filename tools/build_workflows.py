@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import importlib.util
 import urllib.request
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))          # dreamrelation_core, for the SynthRel demo's sizes
+if importlib.util.find_spec("dreamrelation_core") is None:     # for the SynthRel demo's sizes; appended, so the
+    sys.path.append(str(ROOT))                                   # pack's nodes/ never shadows ComfyUI's nodes
 OUT = ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

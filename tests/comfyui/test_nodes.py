@@ -305,3 +305,14 @@ def test_train_node_on_native_mochi_with_fused_qkv(pack, comfy):
     stock, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(out.result[1]), 1.0, 0)
     stock.patch_model()
     stock.unpatch_model()
+
+
+def test_comfyuis_own_nodes_module_is_not_shadowed_by_the_pack(pack):
+    import sys
+
+    import nodes
+
+    from .conftest import COMFYUI_PATH, ROOT
+
+    assert Path(nodes.__file__).resolve() == (Path(COMFYUI_PATH) / "nodes.py").resolve()
+    assert str(ROOT) not in sys.path and pack["nodes"].__name__ == "dreamrelation_pack.nodes"
