@@ -9,9 +9,9 @@ so that every node gets its real inputs, outputs and widget order:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
-import importlib.util
 import urllib.request
 from pathlib import Path
 
