@@ -54,18 +54,14 @@ def train_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0, low
 
 def linear_quadratic_schedule(steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None):
     """Mochi's sampling σ schedule, 1 → 0 ([steps + 1], terminal 0 included): the first half linear down to
-    1 − threshold_noise, then quadratic (genmo's `linear_quadratic_schedule`)."""
-    if steps == 1:
+    1 − threshold_noise, then quadratic. diffusers' own (genmo's) function; imported lazily, since its module
+    loads the whole Mochi pipeline."""
+    if steps == 1:                      # diffusers' divides by linear_steps = 0 here
         return torch.tensor([1.0, 0.0])
-    linear_steps = steps // 2 if linear_steps is None else linear_steps
-    linear = [i * threshold_noise / linear_steps for i in range(linear_steps)]
-    diff = linear_steps - threshold_noise * steps
-    quadratic_steps = steps - linear_steps
-    quad_coef = diff / (linear_steps * quadratic_steps ** 2)
-    lin_coef = threshold_noise / linear_steps - 2 * diff / (quadratic_steps ** 2)
-    const = quad_coef * linear_steps ** 2
-    quadratic = [quad_coef * i ** 2 + lin_coef * i + const for i in range(linear_steps, steps)]
-    return torch.tensor([1.0 - x for x in linear + quadratic] + [0.0], dtype=torch.float64).float()
+    from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule as mochi_schedule
+
+    sigmas = mochi_schedule(steps, threshold_noise, linear_steps)
+    return torch.tensor([*sigmas, 0.0], dtype=torch.float64).float()
 
 
 def shifted_schedule(steps: int, shift: float):

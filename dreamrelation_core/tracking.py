@@ -1,23 +1,15 @@
-"""Subject masks from a first-frame box: OpenCV tracking through the clip (CSRT, or template matching where
-OpenCV lacks it), optionally refined with GrabCut."""
+"""Subject masks from a first-frame box: tracked through the clip by template matching, optionally refined with
+GrabCut. We depend on opencv-python-headless (no GUI, no contrib modules): it has no CSRT tracker, and its MIL
+drifts off small or fast subjects, so the tracker is our own."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
 
-def _csrt():
-    """OpenCV's CSRT tracker when the build has it (opencv-contrib), else None."""
-    for owner in (cv2, getattr(cv2, "legacy", None)):
-        if owner is not None and hasattr(owner, "TrackerCSRT_create"):
-            return owner.TrackerCSRT_create()
-    return None
-
-
 def _match_template(frames_bgr, box) -> list:
-    """Fallback tracker: normalised cross-correlation of the first-frame patch (with a margin of background, so
-    that flat-coloured subjects still have contrast), searched around the last position. Plain OpenCV has no
-    robust model-free tracker: MIL drifts off small or fast subjects."""
+    """Normalised cross-correlation of the first-frame patch (with a margin of background, so that flat-coloured
+    subjects still have contrast), searched around the last position."""
     x, y, w, h = box
     height, width = frames_bgr[0].shape[:2]
     mx, my = max(2, w // 3), max(2, h // 3)
@@ -55,19 +47,10 @@ def parse_box(text: str, width: int, height: int, name: str = "box") -> tuple[in
 def track_box(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """Track `box` (x, y, w, h on frame 0) through uint8 RGB frames [F, H, W, 3] -> boxes int [F, 4].
 
-    CSRT when OpenCV has it, else template matching; a frame where the subject is lost keeps the last box.
+    Template matching (`_match_template`); a frame where the subject is lost keeps the last box.
     """
     bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
-    box = tuple(int(v) for v in box)
-    tracker = _csrt()
-    if tracker is None:
-        return np.array(_match_template(bgr, box), dtype=np.int64)
-    tracker.init(bgr[0], box)
-    boxes = [box]
-    for frame in bgr[1:]:
-        ok, found = tracker.update(frame)
-        boxes.append(tuple(int(round(v)) for v in found) if ok else boxes[-1])
-    return np.array(boxes, dtype=np.int64)
+    return np.array(_match_template(bgr, tuple(int(v) for v in box)), dtype=np.int64)
 
 
 def box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
