@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from dreamrelation_core.archs import MOCHI, WAN
-from dreamrelation_core.bases import Base, HashTextEncoder, TextEncoder, build_tiny, load_base
+from dreamrelation_core.bases import build_tiny, load_base
+from dreamrelation_core.components import Base, HashTextEncoder, TextEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -81,3 +81,35 @@ def test_one_version_and_a_license_that_pyproject_names():
     assert project["version"] == dreamrelation_core.__version__       # the registry reads pyproject's
     assert project["license"]["text"] == "Apache-2.0"
     assert "Apache License" in (ROOT / "LICENSE").read_text() and (ROOT / "NOTICE").is_file()
+
+
+def test_the_core_has_no_import_cycle():
+    """Between the core's modules, lazy (in-function) imports included."""
+    import ast
+
+    core = ROOT / "dreamrelation_core"
+
+    def name(path: Path) -> str:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    graph = {}
+    for path in core.rglob("*.py"):
+        module = name(path)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                deps.add(".".join(parts + ([node.module] if node.module else [])))
+        graph[module] = deps - {module}
+
+    def cycle_from(module, stack):
+        for dep in graph.get(module, ()):
+            if dep in stack:
+                return stack[stack.index(dep):] + [dep]
+            if dep in graph and (found := cycle_from(dep, stack + [dep])):
+                return found
+        return None
+
+    assert all(cycle_from(m, [m]) is None for m in graph), [cycle_from(m, [m]) for m in graph if cycle_from(m, [m])][0]

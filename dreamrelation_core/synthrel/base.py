@@ -57,7 +57,7 @@ def build_synthrel_base(weights: Path | None = DEFAULT.weights, seed: int = 0):
     import diffusers
     from safetensors.torch import load_file
 
-    from ..bases import Base, HashTextEncoder
+    from ..components import Base, HashTextEncoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

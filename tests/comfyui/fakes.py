@@ -5,7 +5,8 @@ They expose exactly the methods our nodes call: `tokenize` / `encode_from_tokens
 """
 import torch
 
-from dreamrelation_core.bases import HashTextEncoder, build_tiny
+from dreamrelation_core.bases import build_tiny
+from dreamrelation_core.components import HashTextEncoder
 
 
 class FakeClip:
