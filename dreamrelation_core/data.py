@@ -120,7 +120,7 @@ def _mask_source(masks_dir: Path, name: str) -> Path | None:
     return None
 
 
-def subject_colors(
+def subject_colours(
     first_frame: np.ndarray,
     min_fraction: float = 0.01,
     black_threshold: int = 16,
@@ -146,26 +146,26 @@ def subject_colors(
         return []
     keys = (pixels[:, 0].astype(np.int32) << 16) | (pixels[:, 1].astype(np.int32) << 8) | pixels[:, 2]
     uniq, counts = np.unique(keys, return_counts=True)
-    colors = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1)
+    colours = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1)
 
     if merge_tolerance > 0:
         # Greedy: the most frequent unassigned colour absorbs everything within tolerance.
-        unassigned = np.ones(len(colors), dtype=bool)
+        unassigned = np.ones(len(colours), dtype=bool)
         centres, totals = [], []
         while unassigned.any() and counts[unassigned].sum() >= min_fraction * len(pixels):
             idx = np.flatnonzero(unassigned)
-            centre = colors[idx[np.argmax(counts[idx])]]
-            near = idx[np.abs(colors[idx] - centre).max(axis=1) <= merge_tolerance]
+            centre = colours[idx[np.argmax(counts[idx])]]
+            near = idx[np.abs(colours[idx] - centre).max(axis=1) <= merge_tolerance]
             centres.append(centre)
             totals.append(int(counts[near].sum()))
             unassigned[near] = False
-        colors, counts = np.array(centres).reshape(-1, 3), np.array(totals, dtype=np.int64)
+        colours, counts = np.array(centres).reshape(-1, 3), np.array(totals, dtype=np.int64)
 
     keep = counts >= min_fraction * len(pixels)
     chosen = []
     # Most frequent first; a colour that is a blend of black and a chosen colour, or of two chosen colours, is an
     # edge (anti-aliasing, or chroma subsampling in an H.264 mask video), not a subject of its own.
-    for colour in colors[keep][np.argsort(-counts[keep], kind="stable")]:
+    for colour in colours[keep][np.argsort(-counts[keep], kind="stable")]:
         if not _is_blend(colour, chosen, max(merge_tolerance, 8)):
             chosen.append(colour)
     result = sorted(tuple(int(v) for v in c) for c in chosen)
@@ -190,39 +190,39 @@ def _is_blend(colour: np.ndarray, chosen: list, tolerance: int) -> bool:
     return False
 
 
-def read_color_masks(
+def read_colour_masks(
     path: str | os.PathLike,
     num_subjects: int = 2,
-    colors: list[tuple[int, int, int]] | None = None,
+    colours: list[tuple[int, int, int]] | None = None,
     tolerance: int = 24,
     max_frames: int | None = None,
 ) -> np.ndarray:
     """Read colour-coded subject masks as float32 ``[F, S, H, W]`` of 0/1.
 
     ``path`` is a folder of colour-coded frames or a mask video (see ``read_video``).
-    Subject ``s`` has colour ``colors[s]``; by default the colours come from
-    ``subject_colors`` over all frames (compression-noise variants within ``tolerance``
+    Subject ``s`` has colour ``colours[s]``; by default the colours come from
+    ``subject_colours`` over all frames (compression-noise variants within ``tolerance``
     merged). A pixel belongs to subject ``s`` when its max-abs RGB distance to that colour
     is <= ``tolerance``; a pixel close to two colours goes to the nearer one. Subjects
     without a colour (fewer colours than ``num_subjects``) are all zero, as in the reference.
     """
     frames, _ = read_video(path, max_frames=max_frames)
-    if colors is None:   # over all frames: a subject may enter after the first
-        colors = subject_colors(frames.reshape(-1, *frames.shape[2:]), merge_tolerance=tolerance)
-    colors = [tuple(int(v) for v in c) for c in colors]
-    if len(colors) > num_subjects:
-        raise ValueError(f"{len(colors)} mask colours {colors} for {num_subjects} subjects in {path}")
+    if colours is None:   # over all frames: a subject may enter after the first
+        colours = subject_colours(frames.reshape(-1, *frames.shape[2:]), merge_tolerance=tolerance)
+    colours = [tuple(int(v) for v in c) for c in colours]
+    if len(colours) > num_subjects:
+        raise ValueError(f"{len(colours)} mask colours {colours} for {num_subjects} subjects in {path}")
     f, h, w, _ = frames.shape
     masks = np.zeros((f, num_subjects, h, w), dtype=np.float32)
-    if not colors:
+    if not colours:
         return masks
-    palette = np.array(colors, dtype=np.int16)
+    palette = np.array(colours, dtype=np.int16)
     for t, frame in enumerate(frames):  # per frame: whole-clip int16 distances would be large
         # [H, W, K]: max-abs distance of every pixel to every subject colour.
         dist = np.abs(frame.astype(np.int16)[:, :, None, :] - palette).max(axis=-1)
         nearest = dist.argmin(axis=-1)
         close = dist.min(axis=-1) <= tolerance
-        for s in range(len(colors)):
+        for s in range(len(colours)):
             masks[t, s] = close & (nearest == s)
     return masks
 
@@ -243,7 +243,7 @@ def read_resampled(path, frames: int, fps: float) -> tuple[np.ndarray, list[int]
 
 def read_masks_at(path, picked: list[int]) -> np.ndarray:
     """The colour-coded masks of the source frames `picked` (`read_resampled`'s indices) as [F, S, H, W]."""
-    masks = read_color_masks(path, max_frames=picked[-1] + 1)
+    masks = read_colour_masks(path, max_frames=picked[-1] + 1)
     if len(masks) <= picked[-1]:
         raise ValueError(f"{path}: {len(masks)} mask frames, but the video's clip uses {picked[-1] + 1}")
     return masks[picked]

@@ -83,10 +83,10 @@ def grabcut_masks(frames: np.ndarray, boxes: np.ndarray, iterations: int = 3) ->
     return out
 
 
-def overlay(frames: np.ndarray, masks: np.ndarray, colors=((102, 221, 225), (179, 62, 234)), opacity=0.5):
+def overlay(frames: np.ndarray, masks: np.ndarray, colours=((102, 221, 225), (179, 62, 234)), opacity=0.5):
     """Preview: uint8 frames [F, H, W, 3] with per-subject masks [F, S, H, W] tinted in the reference colours."""
     out = frames.astype(np.float32)
     for s in range(masks.shape[1]):
         m = masks[:, s, :, :, None] * opacity
-        out = out * (1 - m) + np.array(colors[s % len(colors)], np.float32) * m
+        out = out * (1 - m) + np.array(colours[s % len(colours)], np.float32) * m
     return out.round().clip(0, 255).astype(np.uint8)

@@ -6,7 +6,7 @@ import torch
 
 from comfy_api.latest import io
 
-from ..dreamrelation_core.data import read_color_masks
+from ..dreamrelation_core.data import read_colour_masks
 from ..dreamrelation_core.tracking import box_masks, grabcut_masks, overlay, parse_box, track_box
 from .common import CATEGORY, image_to_uint8, prompt_server, uint8_to_image
 
@@ -27,7 +27,7 @@ def subject_masks(images, subject1_mask=None, subject2_mask=None, mask_folder=""
     frames = image_to_uint8(images)
     count, height, width = frames.shape[:3]
     if mask_folder.strip():
-        masks = read_color_masks(mask_folder.strip(), max_frames=count)
+        masks = read_colour_masks(mask_folder.strip(), max_frames=count)
         if masks.shape[0] < count or masks.shape[2:] != (height, width):
             raise ValueError(f"mask_folder: {masks.shape[0]} masks of {masks.shape[2]}x{masks.shape[3]} for "
                              f"{count} frames of {height}x{width}")

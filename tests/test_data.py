@@ -11,8 +11,8 @@ from dreamrelation_core.data import (
     Exemplar,
     discover_exemplars,
     prepare_clip,
-    read_color_masks,
-    subject_colors,
+    read_colour_masks,
+    subject_colours,
 )
 from dreamrelation_core.videoio import write_video
 
@@ -42,52 +42,52 @@ def _write_video_file(path, n=4):
 # ---- subject colours / colour-coded masks -------------------------------------------------
 
 
-def test_subject_colors_lexicographic_order_not_spatial():
+def test_subject_colours_lexicographic_order_not_spatial():
     # RED (255,0,0) is drawn first (top-left) but BLUE (0,0,255) is the smaller tuple.
     f = _mask_frame(shapes=[(RED, 0, 8, 0, 8), (BLUE, 12, 20, 20, 30)])
-    assert subject_colors(f) == [BLUE, RED]
+    assert subject_colours(f) == [BLUE, RED]
 
 
-def test_subject_colors_edge_cases():
-    assert subject_colors(np.zeros((8, 8, 3), np.uint8)) == []
+def test_subject_colours_edge_cases():
+    assert subject_colours(np.zeros((8, 8, 3), np.uint8)) == []
     near_black = np.full((8, 8, 3), 10, np.uint8)
-    assert subject_colors(near_black) == []
+    assert subject_colours(near_black) == []
     three = _mask_frame(shapes=[(RED, 0, 8, 0, 8), (BLUE, 10, 18, 0, 8), (GREEN, 0, 8, 20, 28)])
     with pytest.raises(ValueError, match="3 subject colours"):
-        subject_colors(three)
+        subject_colours(three)
     with pytest.raises(ValueError, match="uint8"):
-        subject_colors(np.zeros((8, 8), np.uint8))
+        subject_colours(np.zeros((8, 8), np.uint8))
 
 
-def test_subject_colors_ignores_antialiasing_fringe():
+def test_subject_colours_ignores_antialiasing_fringe():
     f = _mask_frame(h=40, w=40, shapes=[(RED, 0, 20, 0, 20), (BLUE, 20, 40, 20, 40)])
     f[20, 0:3] = (128, 0, 128)  # 3 fringe pixels out of 803 non-black
-    assert subject_colors(f) == [BLUE, RED]
+    assert subject_colours(f) == [BLUE, RED]
     # A fringe is a blend of the subjects (or of one and the black background), however frequent: an edge.
     f[0:20, 0:5] = (128, 0, 128)
     f[20:40, 20:25] = (0, 0, 120)
-    assert subject_colors(f, min_fraction=0.0) == [BLUE, RED]
+    assert subject_colours(f, min_fraction=0.0) == [BLUE, RED]
     f[0:10, 0:10] = GREEN                      # a third colour that is no blend is refused
     with pytest.raises(ValueError, match="3 subject colours .*one flat colour per subject on black"):
-        subject_colors(f)
+        subject_colours(f)
 
 
-def test_subject_colors_merges_compression_noise():
+def test_subject_colours_merges_compression_noise():
     f = _mask_frame(h=40, w=40, shapes=[(RED, 0, 20, 0, 20), (BLUE, 20, 40, 20, 40)])
     f[0:10, 0:20] = (250, 3, 2)  # half of the red square slightly off
     f[0:5, 0:20] = (252, 0, 6)
-    assert subject_colors(f) == subject_colors(f, merge_tolerance=24) == [BLUE, RED]
+    assert subject_colours(f) == subject_colours(f, merge_tolerance=24) == [BLUE, RED]
     f[0:5, 0:20] = (200, 60, 0)                # too far off red to be the same subject
     with pytest.raises(ValueError, match="3 subject colours"):
-        subject_colors(f)
+        subject_colours(f)
 
 
-def test_read_color_masks_two_subjects_exact(tmp_path):
+def test_read_colour_masks_two_subjects_exact(tmp_path):
     frames = []
     for t in range(3):
         frames.append(_mask_frame(shapes=[(RED, 1, 9, 2 + t, 10 + t), (BLUE, 12, 22, 15, 30 - t)]))
     _write_mask_folder(tmp_path / "m", frames)
-    masks = read_color_masks(tmp_path / "m")
+    masks = read_colour_masks(tmp_path / "m")
     assert masks.shape == (3, 2, 24, 32) and masks.dtype == np.float32
     for t in range(3):
         expect_blue = np.zeros((24, 32), np.float32)
@@ -99,22 +99,22 @@ def test_read_color_masks_two_subjects_exact(tmp_path):
     assert set(np.unique(masks)) <= {0.0, 1.0}
 
 
-def test_read_color_masks_single_colour_gives_zero_subject2(tmp_path):
+def test_read_colour_masks_single_colour_gives_zero_subject2(tmp_path):
     _write_mask_folder(tmp_path / "m", [_mask_frame(shapes=[(GREEN, 3, 9, 3, 9)])] * 2)
-    masks = read_color_masks(tmp_path / "m")
+    masks = read_colour_masks(tmp_path / "m")
     assert masks.shape == (2, 2, 24, 32)
     assert masks[:, 0].sum() == 2 * 36
     assert masks[:, 1].sum() == 0
 
 
-def test_read_color_masks_three_colours_error(tmp_path):
+def test_read_colour_masks_three_colours_error(tmp_path):
     f = _mask_frame(shapes=[(RED, 0, 8, 0, 8), (BLUE, 10, 18, 0, 8), (GREEN, 0, 8, 20, 28)])
     _write_mask_folder(tmp_path / "m", [f])
     with pytest.raises(ValueError, match="3 subject colours"):
-        read_color_masks(tmp_path / "m")
+        read_colour_masks(tmp_path / "m")
 
 
-def test_read_color_masks_explicit_colours_and_lossy_video(tmp_path):
+def test_read_colour_masks_explicit_colours_and_lossy_video(tmp_path):
     frames = np.stack([_mask_frame(h=48, w=64, shapes=[(RED, 4, 20, 4, 28), (BLUE, 24, 44, 32, 60)])] * 4)
     path = write_video(tmp_path / "m.mp4", frames, fps=8)
     import av
@@ -122,12 +122,12 @@ def test_read_color_masks_explicit_colours_and_lossy_video(tmp_path):
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.codec_context.pix_fmt, stream.frames) == ("h264", "yuv420p", 4)
         assert float(stream.average_rate) == 8
-    masks = read_color_masks(path)
+    masks = read_colour_masks(path)
     assert masks.shape == (4, 2, 48, 64)
     # Lossy codec: allow a thin boundary disagreement, but interiors must be right.
     assert masks[:, 0, 28:40, 36:56].min() == 1 and masks[:, 1, 8:16, 8:24].min() == 1
     assert masks[:, 0, :20].max() == 0 and masks[:, 1, 30:].max() == 0
-    swapped = read_color_masks(path, colors=[RED, BLUE], max_frames=2)
+    swapped = read_colour_masks(path, colours=[RED, BLUE], max_frames=2)
     assert swapped.shape == (2, 2, 48, 64)
     assert swapped[:, 0, 8:16, 8:24].min() == 1
 

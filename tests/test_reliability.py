@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from dreamrelation_core import files, formats
 from dreamrelation_core.cli import main
 from dreamrelation_core.config import config_from_dict
-from dreamrelation_core.data import check_subject_masks, prepare_clip, read_color_masks
+from dreamrelation_core.data import check_subject_masks, prepare_clip, read_colour_masks
 from dreamrelation_core.synthrel import write_exemplars
 from dreamrelation_core.trainer import NonFiniteLoss, RelationTrainer
 from test_trainer import PAIRS, losses, make_config, make_trainer
@@ -304,7 +304,7 @@ def test_a_subject_entering_late_gets_its_mask(tmp_path):
     frames = np.zeros((6, 24, 24, 3), np.uint8)
     frames[:, 2:8, 2:8] = (255, 0, 0)
     frames[3:, 14:20, 14:20] = (0, 0, 255)            # the second subject enters at frame 3
-    masks = read_color_masks(_write_frames(tmp_path / "m", frames))
+    masks = read_colour_masks(_write_frames(tmp_path / "m", frames))
     assert masks[:3, 0].sum() == 0 and masks[3:, 0].sum() == 3 * 36     # blue (0, 0, 255) sorts first
     assert masks[:, 1].sum() == 6 * 36
 

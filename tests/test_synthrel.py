@@ -200,7 +200,7 @@ def test_ground_truth_trajectories_feed_the_classifier():
 
 
 def test_lossless_exemplars_keep_every_texture_pixel(tmp_path):
-    from dreamrelation_core.data import discover_exemplars, read_color_masks
+    from dreamrelation_core.data import discover_exemplars, read_colour_masks
     from dreamrelation_core.videoio import read_video
 
     pairs = [(Subject("red", "checked", "circle"), Subject("blue", "dotted", "square"))]
@@ -209,4 +209,4 @@ def test_lossless_exemplars_keep_every_texture_pixel(tmp_path):
     assert [e.name for e in found] == ["clip_00", "clip_01"] and found[0].caption == "a shape pushes a shape"
     video, masks, _ = render_clip("pushes", *pairs[0], seed=5, **V2)
     assert np.array_equal(read_video(found[1].video)[0], video)
-    assert np.array_equal(read_color_masks(found[1].masks, 2), masks)
+    assert np.array_equal(read_colour_masks(found[1].masks, 2), masks)

@@ -150,11 +150,11 @@ RELATIONS = {"approaches": _approaches, "moves away from": _moves_away, "bounces
              "swaps places with": _swaps}
 
 
-def draw_shape(canvas: np.ndarray, shape: str, center, radius: int, color) -> None:
+def draw_shape(canvas: np.ndarray, shape: str, center, radius: int, colour) -> None:
     """Fill `shape` (circle, axis-aligned square, upward triangle, diamond) of half-size `radius` at `center`."""
     x, y = center
     if shape == "circle":
-        cv2.circle(canvas, (x, y), radius, color, -1, lineType=cv2.LINE_8)
+        cv2.circle(canvas, (x, y), radius, colour, -1, lineType=cv2.LINE_8)
         return
     if shape == "square":
         pts = [(x - radius, y - radius), (x + radius, y - radius), (x + radius, y + radius), (x - radius, y + radius)]
@@ -164,7 +164,7 @@ def draw_shape(canvas: np.ndarray, shape: str, center, radius: int, color) -> No
         pts = [(x, y - radius), (x + radius, y), (x, y + radius), (x - radius, y)]
     else:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    cv2.fillPoly(canvas, [np.array(pts, dtype=np.int32)], color, lineType=cv2.LINE_8)
+    cv2.fillPoly(canvas, [np.array(pts, dtype=np.int32)], colour, lineType=cv2.LINE_8)
 
 
 def describe(subject, named=None) -> str:
