@@ -340,9 +340,9 @@ class TrainingItem:
     caption: str
     latent_mean: torch.Tensor   # [C, f, h, w]
     latent_std: torch.Tensor    # [C, f, h, w]
-    text: torch.Tensor          # [L, D]
-    text_mask: torch.Tensor     # [L] bool
-    masks: torch.Tensor         # [f, 2, h, w] latent subject masks
+    text: torch.Tensor | None       # [L, D]; None where the backend encodes captions itself (ComfyUI)
+    text_mask: torch.Tensor | None  # [L] bool
+    masks: torch.Tensor             # [f, 2, h, w] latent subject masks
 
 
 def _fingerprint(path) -> list:

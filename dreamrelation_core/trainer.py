@@ -86,11 +86,13 @@ class TrainerBackend(Protocol):
     arch: Architecture
     device: torch.device
     name: str
-    null_text: tuple              # (text, text_mask) of the unconditional input, as `TrainingItem.text` holds text
 
     def parameters(self) -> dict: ...                     # name -> every LoRA parameter of the triplet
     def activate(self, roles) -> None: ...                # run exactly these roles' adapters
-    def velocity(self, latents, sigma, text, text_mask) -> torch.Tensor: ...   # canonical ε − z0, [1, C, f, h, w]
+
+    def velocity(self, latents, sigma, item: TrainingItem | None) -> torch.Tensor:
+        """Canonical ε − z0 [1, C, f, h, w] for `item`'s caption, or the unconditional input when None (caption
+        dropout); each backend holds captions its own way."""
     def lora(self, alphas: dict, info: dict) -> RelationLora: ...               # the triplet's weights
 
 
@@ -120,7 +122,8 @@ class PeftBackend:
     def activate(self, roles) -> None:
         activate(self.transformer, roles)
 
-    def velocity(self, latents, sigma, text, text_mask) -> torch.Tensor:
+    def velocity(self, latents, sigma, item) -> torch.Tensor:
+        text, text_mask = self.null_text if item is None else (item.text, item.text_mask)
         device = self.device
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
             return self.arch.velocity(self.transformer, latents.to(self.dtype), sigma.to(device),
@@ -215,8 +218,7 @@ class RelationTrainer:
             z0 = z0 + (item.latent_std * inputs.posterior_noise[0])[None].to(device)
         noise = inputs.noise.to(device)
         sigma = inputs.sigma.to(device)
-        text, text_mask = self.backend.null_text if inputs.drop_caption else (item.text, item.text_mask)
-        pred = self.backend.velocity(noisy_latents(z0, noise, sigma), sigma, text, text_mask)
+        pred = self.backend.velocity(noisy_latents(z0, noise, sigma), sigma, None if inputs.drop_caption else item)
         target = velocity_target(z0, noise)
         if inputs.group:
             rec = hybrid_mask_loss(pred, target, group_mask(item.masks.to(device), inputs.group)[None],

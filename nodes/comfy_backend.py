@@ -21,7 +21,6 @@ from ..dreamrelation_core.sampling import euler, to_uint8_frames
 from ..dreamrelation_core.videoio import write_video
 
 NATIVE_ARCHITECTURES = ((comfy.model_base.WAN21, WAN), (comfy.model_base.GenmoMochi, MOCHI))
-NULL_TEXT = -1          # TrainingItem.text for the unconditional (caption-dropout) conditioning
 SIGMA_FLOOR = 1e-3      # σ below this is not drawn: v = (x − x0̂)/σ
 
 
@@ -66,10 +65,9 @@ class _RunInside(comfy.samplers.Sampler):
 
 
 class ComfyBackend:
-    """Trainer backend (see `dreamrelation_core.trainer.PeftBackend` for the protocol) on a native MODEL.
-
-    `TrainingItem.text` holds the index of the exemplar's conditioning; `NULL_TEXT` selects the unconditional one.
-    """
+    """The trainer's backend (`dreamrelation_core.trainer.TrainerBackend`) on a native MODEL. Captions are
+    ComfyUI conditionings: `conditioning_of` maps an exemplar's name to the index of its entry in `run`'s
+    `positive`."""
 
     def __init__(self, model_patcher, triplet_config, seed: int = 0):
         self.arch = native_architecture(model_patcher)
@@ -85,7 +83,7 @@ class ComfyBackend:
         self.device = self.patcher.load_device
         self.triplet.to(self.device)
         self.name = "ComfyUI MODEL"
-        self.null_text = (NULL_TEXT, None)
+        self.conditioning_of = {}         # exemplar name -> index of its conditioning in `positive`
         self._guider = self._extra_args = self._positive = self._negative = None
         self.preview_conds = {}           # preview prompt -> index of its conditioning (after the exemplars')
         self.decode = None                # processed latents [1, C, f, h, w] -> video [3, F, H, W] in [-1, 1]
@@ -97,8 +95,12 @@ class ComfyBackend:
     def activate(self, roles) -> None:
         self.triplet.activate(roles)
 
-    def velocity(self, latents, sigma, text, text_mask=None) -> torch.Tensor:
-        self._guider.conds["positive"] = [self._negative if text == NULL_TEXT else self._positive[text]]
+    def velocity(self, latents, sigma, item) -> torch.Tensor:
+        return self._velocity(latents, sigma, None if item is None else self.conditioning_of[item.name])
+
+    def _velocity(self, latents, sigma, index: int | None) -> torch.Tensor:
+        """Velocity with the `index`-th positive conditioning, or the negative one when None."""
+        self._guider.conds["positive"] = [self._negative if index is None else self._positive[index]]
         denoised = self._guider(latents, sigma, **self._extra_args)
         return self.arch.velocity_from_denoised(latents.float(), denoised.float(), sigma.float())
 
@@ -119,10 +121,10 @@ class ComfyBackend:
 
             def velocity(z, s, index=index):
                 sigma = torch.full((1,), s, device=self.device)
-                v_text = self.velocity(z, sigma, index)
+                v_text = self._velocity(z, sigma, index)
                 if cfg == 1.0:
                     return v_text
-                v_null = self.velocity(z, sigma, NULL_TEXT)
+                v_null = self._velocity(z, sigma, None)
                 return v_null + cfg * (v_text - v_null)
 
             with torch.no_grad():

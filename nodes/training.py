@@ -131,6 +131,10 @@ class TrainRelationTriplet(io.ComfyNode):
                 placement="default"):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
+        names = [ex["name"] for ex in exemplars]
+        if len(set(names)) != len(names):
+            raise ValueError(f"exemplars: names must be unique, got {sorted({n for n in names if names.count(n) > 1})} "
+                             "more than once")
         check_sigma_range(sigma_min, sigma_max)                 # now, not after the exemplars are encoded
         if not lora_name.strip() or Path(lora_name).name != lora_name:
             raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
@@ -175,9 +179,10 @@ class TrainRelationTriplet(io.ComfyNode):
 
             def train(processed):
                 items = [TrainingItem(ex["name"], ex["caption"], processed[i].float().cpu(),
-                                      torch.zeros_like(processed[i].float().cpu()), i, None,
+                                      torch.zeros_like(processed[i].float().cpu()), None, None,
                                       latent_masks(masks, tuple(processed.shape[-3:]), arch.temporal_ratio))
                          for i, (ex, masks, _) in enumerate(clips)]
+                backend.conditioning_of = {ex["name"]: i for i, (ex, _, _) in enumerate(clips)}
                 trainer = RelationTrainer(config, output_dir=out, items=items, backend=backend, progress=False)
                 if resuming:
                     trainer.resume(latest_checkpoint(out))

@@ -1,5 +1,6 @@
 """The pack's nodes, executed in-process on a real ComfyUI library with a tiny native Wan model."""
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,14 @@ def test_comfy_backend_velocity_matches_the_diffusers_convention(pack, comfy):
     text = torch.randn(1, 7, 32, generator=g)
     latents = torch.randn(2, 16, 3, 4, 4, generator=g)
     got = {}
+    exemplar = types.SimpleNamespace(name="clip_00")           # a TrainingItem, as far as the backend looks
+    backend.conditioning_of = {"clip_00": 0}
 
     def inside(processed):
         with torch.no_grad():
             for sigma in (0.9, 0.3):
                 s = torch.tensor([sigma])
-                got[sigma] = (processed[:1].clone(), backend.velocity(processed[:1], s, 0))
+                got[sigma] = (processed[:1].clone(), backend.velocity(processed[:1], s, exemplar))
 
     with torch.inference_mode(False):
         backend.run(inside, latents, [[text, {}]], [[torch.zeros_like(text), {}]])
