@@ -8,6 +8,7 @@ step discards it, so the checkpoint holds the state before it (docs/reliability.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -344,32 +345,24 @@ class RelationTrainer:
                              "folder, or delete its checkpoints folder")
         shutil.rmtree(self.out / "checkpoints")
 
+    @contextlib.contextmanager
     def _deferred_signals(self):
         """Within: the first SIGINT/SIGTERM only asks the loop to stop after the step under way; a second SIGINT
         aborts that step (the run then checkpoints the step before). Only in the main thread (where Python runs
         signal handlers); elsewhere (ComfyUI's worker) interruption comes through the callback."""
-        trainer = self
+        def handle(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT and not self._updating:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
 
-        class Deferred:
-            def __enter__(self):
-                trainer._stop_signal, self.saved = None, {}
-                if threading.current_thread() is not threading.main_thread():
-                    return self
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    self.saved[sig] = signal.signal(sig, self.handle)
-                return self
-
-            def handle(self, signum, frame):
-                if trainer._stop_signal is not None and signum == signal.SIGINT and not trainer._updating:
-                    raise KeyboardInterrupt
-                trainer._stop_signal = signum
-
-            def __exit__(self, *exc):
-                for sig, handler in self.saved.items():
-                    signal.signal(sig, handler)
-                return False
-
-        return Deferred()
+        self._stop_signal, saved = None, {}
+        if threading.current_thread() is threading.main_thread():
+            saved = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
     # ---- outputs ---------------------------------------------------------------------------------------------
     def save_lora(self, path=None) -> Path:
