@@ -156,6 +156,7 @@ class FrontendPage:
         dialog.get_by_text(pack, exact=True).first.click()
         card = dialog.get_by_text(name, exact=True).first
         card.wait_for(timeout=30_000)
+        card.scroll_into_view_if_needed()          # thumbnails load lazily: a card below the fold has none yet
         # The card's thumbnail: the image nearest to its title (the frontend fetches it into a blob: URL).
         width = """(name) => {
             const title = Array.from(document.querySelectorAll('[role=dialog] *')).find(
