@@ -419,10 +419,10 @@ class RelationTrainer:
         checkpoint trained with other settings or exemplars (checkpoints.RESUMABLE says which may change)."""
         ckpt = latest_checkpoint(path)
         settings = _checkpoint_settings(ckpt)
-        if settings is not None and differing_settings(settings, self.settings):
-            raise ValueError(f"checkpoint {ckpt} was trained with other settings: "
-                             f"{', '.join(differing_settings(settings, self.settings))}; resume it with its own "
-                             "settings, or train anew into another folder")
+        differ = differing_settings(settings, self.settings) if settings is not None else []
+        if differ:
+            raise ValueError(f"checkpoint {ckpt} was trained with other settings: {', '.join(differ)}; resume it "
+                             "with its own settings, or train anew into another folder")
         weights = load_file(str(ckpt / "lora.safetensors"))
         missing = sorted(set(self.params) - set(weights))
         if missing:

@@ -17,6 +17,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..dreamrelation_core.archs import MODEL_FAMILIES
+from ..dreamrelation_core.checkpoints import differing_settings, flatten
 from ..dreamrelation_core.config import DataConfig, RCLConfig, RunConfig, SampleConfig, TrainConfig
 from ..dreamrelation_core.data import TrainingItem, prepare_clip
 from ..dreamrelation_core.flow import check_sigma_range
@@ -261,26 +262,14 @@ def _run_settings(config: RunConfig, exemplars) -> dict:
             "exemplars": digest.hexdigest()}
 
 
-def _flatten(settings: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _check_same_run(out: Path, settings: dict, lora_name: str) -> None:
     """Refuse to resume a run trained with other settings or exemplars, naming what differs."""
     path = out / RUN_FILE
     if not path.is_file():
         return           # checkpoints from before run.json existed: nothing to compare
-    before, now = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(settings)))
-    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    differ = differing_settings(flatten(json.loads(path.read_text())), flatten(json.loads(json.dumps(settings))))
     if differ:
-        names = ", ".join(f"{k} ({before.get(k)!r} → {now.get(k)!r})" if k != "exemplars" else "the exemplars"
-                          for k in differ)
+        names = ", ".join(differ)
         raise ValueError(f"lora_name '{lora_name}': its checkpoints in {out} were trained with other settings: "
                          f"{names}. Choose another lora_name, or turn resume off to train anew.")
 
