@@ -93,8 +93,8 @@ def evaluator_markdown(result: dict, degraded: dict) -> str:
     lines = ["## SynthRel evaluator on ground truth",
              "",
              f"Protocol v2: {result['clips']} ground-truth clips (9 frames, 40×40, two random subjects of 6 colours × "
-             "7 textures × 4 shapes, random sizes, backgrounds and mirroring), one run. The rules were fixed here, "
-             "before any method was judged on v2.",
+             "7 textures × 4 shapes, half-size 5 px, random backgrounds, placements and mirroring), one run. The "
+             "rules were fixed here, before any method was judged on v2.",
              "",
              "| renders | relation accuracy | both subjects found | shapes read | textures read | every named "
              "attribute read |",
@@ -102,9 +102,8 @@ def evaluator_markdown(result: dict, degraded: dict) -> str:
              row("crisp", result), row("blurred (σ 0.8) + noise (σ 10)", degraded),
              "",
              "Relations, presence and textures rest on hue, trajectories and brightness patterns fitted with a "
-             "contrast gain, and survive soft, noisy frames. Shapes are read by overlap with rasterised outlines; "
-             "blur still confuses small circles and diamonds, so the quality benchmark reports subject presence "
-             "and each attribute apart.",
+             "contrast gain, and survive soft, noisy frames; shapes are read by overlap with rasterised outlines. "
+             "The quality benchmark reports subject presence and each attribute apart.",
              "",
              "Relation confusion, crisp (rows: true relation, columns: evaluator's answer):",
              "", *_confusion_table(result["confusion"], list(RELATIONS) + ["none"]),

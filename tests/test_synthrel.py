@@ -51,6 +51,29 @@ def test_textures_move_with_their_subject():
     assert all(np.array_equal(c, crops[0]) for c in crops)            # square on top: never occluded
 
 
+def test_textures_are_drawn_at_the_subjects_scale():
+    """At most two tone changes along the rows and columns of a v2 subject (docs/benchmarks.md: the base's tokens
+    are 8×8 pixels, and finer patterns came out of sampling as speckle), and every pattern differs from every other
+    on every shape."""
+    radius = LOOKS["v2"].min_radius
+    ys, xs = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    inside = {}
+    for shape in SHAPES:
+        mask = np.zeros(xs.shape, np.uint8)
+        draw_shape(mask, shape, (radius, radius), radius, 1)
+        inside[shape] = mask.astype(bool)
+    for texture in TEXTURES:
+        tone = texture_tone(texture, xs, ys, radius) < 1.0 - 1e-9 if texture != "shaded" else None
+        if tone is not None:
+            for line in (*tone, *tone.T):
+                assert np.count_nonzero(np.diff(line.astype(int))) <= 2, texture
+    for shape, mask in inside.items():
+        tones = {t: texture_tone(t, xs[mask], ys[mask], radius) for t in TEXTURES}
+        for a in TEXTURES:
+            for b in TEXTURES[TEXTURES.index(a) + 1:]:
+                assert np.abs(tones[a] - tones[b]).mean() > 0.05, (shape, a, b)
+
+
 def test_captions_name_any_subset_of_attributes():
     s1, s2 = Subject("red", "checked", "circle"), Subject("cyan", "ringed", "diamond")
     assert caption("pushes", s1, s2, (), ()) == "a shape pushes a shape"

@@ -223,7 +223,9 @@ def model_card(run_dir: Path, report: dict) -> str:
              "- Clips rendered on the fly: random relation, two random distinct-colour subjects "
              + ("(6 colours × 7 textures × 4 shapes; captions name all of a subject's attributes in half the clips, "
                 "none ('a shape') in 0.15, another subset otherwise)" if clip.textured else
-                "(6 colours × 4 shapes)") + ", random sizes, placements, mirroring and backgrounds.",
+                "(6 colours × 4 shapes)")
+             + (f", half-size {clip.look.min_radius} px" if clip.look.radius[0] == clip.look.radius[1] else
+                ", random sizes") + ", random placements, mirroring and backgrounds.",
              f"- Flow matching (σ = s·u / (1 + (s − 1)·u), u ~ U(0, 1), shift s = {settings.get('sigma_shift', 1.0)}; "
              f"{target}), AdamW lr {settings['lr']} "
              f"({settings.get('schedule', '200 warm-up, cosine')}), weight decay 0.01, batch {settings['batch']}, "

@@ -22,7 +22,7 @@ PALETTE = np.array([COLORS[c] for c in PALETTE_NAMES], dtype=np.uint8)
 PALETTE_HUES = cv2.cvtColor(PALETTE[None], cv2.COLOR_RGB2HSV)[0, :, 0].astype(np.int16)   # OpenCV hue, 0..179
 PALETTE_VALUES = PALETTE.max(axis=1).astype(np.float32)
 # Thresholds (OpenCV HSV units): a subject pixel is saturated (S ≥ 100 of 255) and bright (V ≥ 80: a texture's dark
-# tone is half its colour's value, ≥ 105 for every palette colour; backgrounds stay below 63) and lies within 12 of
+# tone is 0.6 of its colour's value, ≥ 114 for every palette colour; backgrounds stay below 63) and lies within 12 of
 # 180 hue units of a palette hue (the closest two palette hues, cyan and blue, are 20 apart).
 MIN_SATURATION, MIN_VALUE, MAX_HUE_GAP = 100, 80, 12
 
@@ -76,7 +76,7 @@ def shape_of(mask: np.ndarray) -> str | None:
 def texture_of(frame: np.ndarray, mask: np.ndarray, colour: str) -> str | None:
     """The texture of one subject's blob (`mask` [H, W] bool) in `frame`, read off the brightness of its inner
     pixels relative to `colour`'s (tone: 1 bright, render.DARK_TONE dark). Each texture's pattern
-    (render.texture_tone), centred within 2 px of the blob's centroid (occlusion and triangles move the centroid),
+    (render.texture_tone), centred within 1 px of the centre of the blob's box (soft edges and occlusion move it),
     is fitted with a contrast gain in [0, 1] (soft frames lose contrast, not level); the texture with the least
     residual plus squared difference of mean tone wins. The mean keeps a uniformly dark blob (a blurred dotted
     one) apart from a uniformly bright one (plain). None on blobs too small to tell."""
@@ -84,7 +84,7 @@ def texture_of(frame: np.ndarray, mask: np.ndarray, colour: str) -> str | None:
     if len(xs) < 12:
         return None
     radius = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2.0
-    cx, cy = int(round(xs.mean())), int(round(ys.mean()))
+    cx, cy = int(round((xs.min() + xs.max()) / 2)), int(round((ys.min() + ys.max()) / 2))
     inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     if inner.sum() >= 12:                 # edge pixels blend with the background in soft frames
         ys, xs = np.nonzero(inner)
@@ -97,7 +97,7 @@ def texture_of(frame: np.ndarray, mask: np.ndarray, colour: str) -> str | None:
         return float(np.mean((centred - gain * shape) ** 2)) + (tone.mean() - pattern.mean()) ** 2
 
     errors = {texture: min(error(texture_tone(texture, xs - cx - ox, ys - cy - oy, radius))
-                           for oy in range(-2, 3) for ox in range(-2, 3))
+                           for oy in range(-1, 2) for ox in range(-1, 2))
               for texture in TEXTURES}
     return min(errors, key=errors.get)
 

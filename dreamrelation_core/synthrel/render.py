@@ -5,7 +5,7 @@ frame units (x, y ∈ [0, 1]). Programs are mirrored left/right at random, sizes
 exact visible pixels of each subject (subject1 is drawn on top).
 
 A subject is (colour, texture, shape). A texture is a two-tone pattern of the subject's colour and its half-bright
-tone, anchored at the subject's centre so that it moves with it; both tones keep the colour's hue, so a subject is
+tone at the subject's own scale, anchored at its centre so that it moves with it; both tones keep the colour's hue, so a subject is
 still found by its colour (docs/method.md, SynthRel v2). (colour, shape) pairs are plain subjects (protocol v1).
 A caption names, per subject, any subset of its attributes: "a red striped circle", "a circle", "a shape".
 """
@@ -27,7 +27,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 TEXTURES = ("plain", "striped", "banded", "checked", "dotted", "ringed", "shaded")
 ATTRIBUTES = ("colour", "texture", "shape")
 GENERIC_NOUN = "shape"      # the noun of a subject whose shape the caption does not name
-DARK_TONE = 0.5             # the second tone of a texture: the subject's colour at this brightness
+DARK_TONE = 0.6             # the second tone of a texture: the subject's colour at this brightness
 
 
 class Subject(NamedTuple):
@@ -66,7 +66,7 @@ class Look:
     tint: int = 12
 
 
-LOOKS = {"v1": Look(), "v2": Look(radius=(0.1, 0.15), min_radius=4, background=24, tint=8)}
+LOOKS = {"v1": Look(), "v2": Look(radius=(0.125, 0.125), min_radius=5, background=24, tint=8)}
 # Colour-coded mask colours (reference format): subject1 sorts before subject2 as an RGB tuple.
 MASK_COLORS = ((102, 221, 225), (179, 62, 234))
 
@@ -198,15 +198,19 @@ def parse_caption(text: str):
             Subject(c2, t2, None if s2 == GENERIC_NOUN else s2))
 
 
-def texture_tone(texture: str, dx: np.ndarray, dy: np.ndarray, radius: int) -> np.ndarray:
-    """Brightness in [DARK_TONE, 1] of `texture` at pixel offsets (dx, dy) from the subject's centre."""
+def texture_tone(texture: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
+    """Brightness in [DARK_TONE, 1] of `texture` at pixel offsets (dx, dy) from the centre of a subject of
+    half-size `radius`. Patterns are drawn at the subject's own scale, at most two tone changes across it: the
+    tiny base's tokens are 8×8 pixels, and a pattern finer than a subject's edge asks each token for an exact
+    phase that sampling from noise does not reach (docs/benchmarks.md, "Reading the v2 base")."""
+    band = radius / 3.0
     bright = {
         "plain": lambda: np.ones_like(dx, dtype=bool),
-        "striped": lambda: (dy // 2) % 2 == 0,                       # horizontal bands, 2 px each
-        "banded": lambda: (dx // 2) % 2 == 0,                        # vertical bands
-        "checked": lambda: (dx // 2 + dy // 2) % 2 == 0,             # 2×2 checks
-        "dotted": lambda: (dx % 3 == 0) & (dy % 3 == 0),             # bright dots on the dark tone
-        "ringed": lambda: (np.rint(np.hypot(dx, dy)).astype(int) // 2) % 2 == 0,   # rings round a bright centre
+        "striped": lambda: np.abs(dy) > band,                        # a dark horizontal bar through the centre
+        "banded": lambda: np.abs(dx) > band,                         # a dark vertical bar
+        "checked": lambda: (dx >= 0) == (dy >= 0),                   # 2×2 checks: bright top-left and bottom-right
+        "dotted": lambda: np.hypot(dx, dy) < radius / 2.0,           # a bright dot on the dark tone
+        "ringed": lambda: np.hypot(dx, dy) >= radius / 2.0,          # a bright ring round a dark centre
     }
     if texture == "shaded":                                          # bright top to dark bottom
         return 1.0 - (1.0 - DARK_TONE) * np.clip((dy + radius) / (2.0 * radius), 0.0, 1.0)
@@ -277,7 +281,7 @@ def exemplar_clips(relation: str, count: int, pairs, frames: int = 17, size=(64,
 def write_exemplars(folder, relation: str, count: int, pairs, frames: int = 17, size=(64, 64), seed: int = 0,
                     look: Look = LOOKS["v1"], named=None, lossless: bool = False):
     """Write `exemplar_clips` as `<folder>/clip_NN.mp4` (`lossless`: a folder `<folder>/clip_NN/` of PNG frames,
-    which keeps 2-px textures that mp4's chroma subsampling smears) + caption `.txt` + colour-coded mask folder
+    which keeps the textures' tones that mp4's chroma subsampling shifts) + caption `.txt` + colour-coded mask folder
     `<folder>/masks/clip_NN/frameK.png` (un-padded names, as the reference's)."""
     from ..videoio import write_video
 
