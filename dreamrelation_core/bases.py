@@ -74,6 +74,23 @@ def _wan_convert(checkpoint: dict, config: dict) -> dict:
     return convert_wan_transformer_to_diffusers(checkpoint)
 
 
+def wan_original_state_dict(diffusers_state_dict: dict, original_keys) -> dict:
+    """A diffusers `WanTransformer3DModel` state dict under the original Wan names (those of ComfyUI's `WanModel`,
+    given as `original_keys`). The names come from diffusers' own original -> diffusers converter, run on the
+    original keys; ValueError when the two key sets do not correspond one to one."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    original_keys = list(original_keys)
+    probe = convert_wan_transformer_to_diffusers({k: torch.tensor(float(i)) for i, k in enumerate(original_keys)})
+    to_original = {key: original_keys[int(index)] for key, index in probe.items()}
+    missing = sorted(set(to_original) - set(diffusers_state_dict))
+    extra = sorted(set(diffusers_state_dict) - set(to_original))
+    if missing or extra:
+        raise ValueError(f"the diffusers Wan weights do not match the native model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    return {to_original[key]: tensor for key, tensor in diffusers_state_dict.items()}
+
+
 def _mochi_convert(checkpoint: dict, config: dict) -> dict:
     """genmo Mochi keys -> diffusers keys. Same mapping as diffusers' `convert_mochi_transformer_checkpoint_to_diffusers`,
     which hard-codes 48 blocks; here the block count comes from the config so smaller files load too."""
@@ -406,6 +423,10 @@ def _single_file_config(path: Path, arch: Architecture, shapes: dict, overrides:
 
 def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, arch: str | None,
                       config_overrides: dict | None) -> Base:
+    """diffusers' `from_single_file(config=…)` does the loading. What stays here is what it cannot do offline:
+    without `config` it fetches the released models' configs from the Hub, so ours is read off the tensor shapes
+    (any size loads, tiny test files too); Mochi's converter is ours because diffusers' hard-codes 48 blocks; and
+    the key check names the file and what is missing instead of leaving weights on the meta device."""
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: only .safetensors single files are supported (pickled .ckpt/.pt/.pth files are "
                          "never loaded)")

@@ -22,9 +22,9 @@ def _train(args) -> int:
 
 def _sample(args) -> int:
     from .bases import load_base
-    from .formats import apply_lora, load_lora_with_subjects
+    from .formats import load_lora_with_subjects
     from .sampling import generate, to_uint8_frames
-    from .triplet import merge_inference_set
+    from .triplet import apply_lora, merge_inference_set
     from .videoio import write_video
 
     base = load_base(args.base, args.components)
@@ -35,7 +35,7 @@ def _sample(args) -> int:
         strengths = {"relation": args.relation_strength, "ffn": args.ffn_strength,
                      "subject1": args.subject_strength, "subject2": args.subject_strength}
         apply_lora(base.transformer, lora, [r for r, s in strengths.items() if s and r in lora.weights])
-        merge_inference_set(base.transformer, strengths)
+        merge_inference_set(base.transformer, strengths, undoable=False)
     video = generate(base, args.prompt, args.frames, args.height, args.width, args.steps, args.cfg, args.seed,
                      args.negative_prompt)
     path = write_video(args.out, to_uint8_frames(video), base.arch.fps)

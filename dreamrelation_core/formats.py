@@ -20,7 +20,6 @@ import hashlib
 import json
 import pickle
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from safetensors.torch import save
 
 from .archs import INFERENCE_ROLES, ROLES, get_architecture
 from .files import atomic_write_many
-from .triplet import activate, role_parameters, unmerge_lora
 
 FORMAT = "dreamrelation.lora"
 FORMAT_VERSION = 2
@@ -61,47 +59,6 @@ class RelationLora:
         """ΔW = (alpha / r)·B·A of one module, [out, in]."""
         a, b = self.weights[role][module]
         return (self.alphas[role] / a.shape[0]) * (b.float() @ a.float())
-
-
-# ---- model <-> RelationLora ---------------------------------------------------------------------------------------
-
-def lora_from_model(model: torch.nn.Module, arch, alphas: dict, roles=ROLES, info: dict | None = None) -> RelationLora:
-    """Copy `roles` out of a peft-injected model (fp32, CPU)."""
-    weights = {}
-    for role in roles:
-        modules = {}
-        for name, param in role_parameters(model, role).items():
-            module, rest = name.split(".lora_", 1)
-            modules.setdefault(module, [None, None])["AB".index(rest[0])] = param.detach().float().cpu().clone()
-        weights[role] = {m: tuple(ab) for m, ab in sorted(modules.items())}
-    return RelationLora(arch.name, weights, {r: float(alphas[r]) for r in roles}, dict(info or {}))
-
-
-def apply_lora(model: torch.nn.Module, lora: RelationLora, roles=None) -> None:
-    """Inject one peft adapter per role on exactly the modules it holds, load A/B, and make them active."""
-    from peft import LoraConfig, inject_adapter_in_model   # lazy: the ComfyUI backend never needs peft
-
-    roles = [r for r in (roles or lora.weights) if r in lora.weights]
-    unmerge_lora(model)          # new weights for a merged adapter would leave the old delta in the base weights
-    named = dict(model.named_modules())
-    for role in roles:
-        missing = sorted(set(lora.weights[role]) - set(named))
-        if missing:
-            raise ValueError(f"LoRA role {role!r} targets modules this {type(model).__name__} does not have, "
-                             f"e.g. {missing[0]} (was it trained on another architecture or size?)")
-        config = LoraConfig(r=lora.rank(role), lora_alpha=lora.alphas[role], target_modules=sorted(lora.weights[role]))
-        with warnings.catch_warnings():  # several named adapters on one model is the design
-            warnings.simplefilter("ignore", UserWarning)
-            inject_adapter_in_model(config, model, adapter_name=role)
-        params = role_parameters(model, role)
-        for module, (a, b) in lora.weights[role].items():
-            for kind, value in (("A", a), ("B", b)):
-                param = params[f"{module}.lora_{kind}.{role}.weight"]
-                if param.shape != value.shape:
-                    raise ValueError(f"LoRA {role} {module}.lora_{kind}: shape {tuple(value.shape)} does not fit "
-                                     f"the model's {tuple(param.shape)}")
-                param.data = value.float().to(param.device)
-    activate(model, roles)
 
 
 # ---- ComfyUI-native layout ----------------------------------------------------------------------------------------
@@ -202,23 +159,6 @@ def comfyui_unmapped_keys(keys, arch) -> list[str]:
 # ---- files --------------------------------------------------------------------------------------------------------
 
 _STRUCTURE_KEYS = ("format", "version", "layout", "arch", "roles", "fused")
-
-
-def wan_original_state_dict(diffusers_state_dict: dict, original_keys) -> dict:
-    """A diffusers `WanTransformer3DModel` state dict under the original Wan names (those of ComfyUI's `WanModel`,
-    given as `original_keys`). The names come from diffusers' own original -> diffusers converter, run on the
-    original keys; ValueError when the two key sets do not correspond one to one."""
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-    original_keys = list(original_keys)
-    probe = convert_wan_transformer_to_diffusers({k: torch.tensor(float(i)) for i, k in enumerate(original_keys)})
-    to_original = {key: original_keys[int(index)] for key, index in probe.items()}
-    missing = sorted(set(to_original) - set(diffusers_state_dict))
-    extra = sorted(set(diffusers_state_dict) - set(to_original))
-    if missing or extra:
-        raise ValueError(f"the diffusers Wan weights do not match the native model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
-    return {to_original[key]: tensor for key, tensor in diffusers_state_dict.items()}
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> Path:
@@ -374,13 +314,6 @@ def load_lora_with_subjects(path, subjects: bool = False) -> RelationLora:
         extra = load_lora(sibling)
         lora.weights.update(extra.weights)
         lora.alphas.update(extra.alphas)
-    return lora
-
-
-def load_relation_lora(model: torch.nn.Module, path, roles=None) -> RelationLora:
-    """Read a relation LoRA file and apply `roles` of it (default: all it holds) to `model`, unmerged and active."""
-    lora = load_lora(path)
-    apply_lora(model, lora, roles)
     return lora
 
 

@@ -32,10 +32,10 @@ from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
 from .files import atomic_write_many
-from .formats import RelationLora, file_digest, lora_from_model, save_lora_pair
+from .formats import RelationLora, file_digest, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
 from .masks import GROUPS, group_mask
-from .triplet import GROUP_ROLES, activate, inject_triplet, lora_parameters
+from .triplet import GROUP_ROLES, activate, inject_triplet, lora_from_model, lora_parameters
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

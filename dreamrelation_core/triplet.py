@@ -1,10 +1,14 @@
-"""The relation LoRA triplet (docs/method.md, "Relation LoRA triplet"): roles -> target modules, peft injection, group gating, inference merge.
+"""The relation LoRA triplet (docs/method.md, "Relation LoRA triplet"): roles -> target modules, adapter injection
+into diffusers models, group gating, inference merge.
 
 Roles: `relation` (Q/K), `subject1` and `subject2` (two independent LoRAs on V) and `ffn` (the paper's "FFN LoRAs",
-placed on the attention output projections as in the reference, always on). Each role is one named peft adapter.
+placed on the attention output projections as in the reference, always on). Each role is one named peft adapter,
+handled through peft's and diffusers' public adapter API (`peft.functional`, `add_adapter`, `set_adapters`,
+`fuse_lora`, `unload_lora`), never tuner-layer internals.
 """
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .archs import INFERENCE_ROLES, ROLES, Architecture
+from .formats import RelationLora, load_lora
 
 # Hybrid mask training: the drawn group -> the adapters that run (and learn) in that step (docs/method.md).
 GROUP_ROLES = {
@@ -74,41 +79,96 @@ def resolve_targets(model: torch.nn.Module, arch: Architecture, config: TripletC
     return targets
 
 
+def _require_adapter_api(model: torch.nn.Module) -> None:
+    if not all(hasattr(model, m) for m in ("add_adapter", "set_adapters", "fuse_lora", "unload_lora")):
+        raise TypeError(f"{type(model).__name__} has no diffusers adapter methods (PeftAdapterMixin); the triplet "
+                        "is injected into diffusers transformers")
+
+
+def _add_adapters(model: torch.nn.Module, configs: dict) -> None:
+    """role -> peft LoraConfig: add each as a named adapter (diffusers `add_adapter`), its weights kept in fp32
+    whatever the base dtype."""
+    _require_adapter_api(model)
+    for role, config in configs.items():
+        with warnings.catch_warnings():  # peft warns about several adapters on one model: that is the design
+            warnings.simplefilter("ignore", UserWarning)
+            model.add_adapter(config, adapter_name=role)
+        for param in role_parameters(model, role).values():
+            param.data = param.data.float()
+
+
 def inject_triplet(model: torch.nn.Module, arch: Architecture, config: TripletConfig | None = None) -> dict:
-    """Add the four role adapters to `model` in place (peft, one named adapter per role); returns the targets.
+    """Add the four role adapters to `model` in place (one named peft adapter per role); returns the targets.
 
     A is Kaiming-uniform, B zero (the reference's initialisation), so the model is unchanged until trained.
     LoRA parameters are kept in fp32 whatever the base dtype. All roles start active.
     """
-    from peft import LoraConfig, inject_adapter_in_model   # lazy: the ComfyUI backend never needs peft
+    from peft import LoraConfig   # lazy: the ComfyUI backend never needs peft
 
     config = config or TripletConfig()
     targets = resolve_targets(model, arch, config)
-    for role in ROLES:
-        lora = LoraConfig(r=config.rank_of(role), lora_alpha=config.alpha_of(role), lora_dropout=config.dropout,
-                          target_modules=targets[role], init_lora_weights=True)
-        with warnings.catch_warnings():  # peft warns about several adapters on one model: that is the design
-            warnings.simplefilter("ignore", UserWarning)
-            inject_adapter_in_model(lora, model, adapter_name=role)
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            param.data = param.data.float()
+    _add_adapters(model, {role: LoraConfig(r=config.rank_of(role), lora_alpha=config.alpha_of(role),
+                                           lora_dropout=config.dropout, target_modules=targets[role],
+                                           init_lora_weights=True) for role in ROLES})
     activate(model, ROLES)
     return targets
 
 
-def lora_layers(model: torch.nn.Module):
-    """(module name, peft LoraLayer) pairs of `model`."""
-    from peft.tuners.lora import LoraLayer
+def apply_lora(model: torch.nn.Module, lora: RelationLora, roles=None) -> None:
+    """Add one adapter per role of `lora` (default: all it holds) on exactly the modules it holds, load its A/B,
+    and make them active. A merge is undone first and adapters of the same roles are replaced."""
+    from peft import LoraConfig   # lazy: the ComfyUI backend never needs peft
 
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    roles = [r for r in (roles or lora.weights) if r in lora.weights]
+    unmerge_lora(model)
+    named = dict(model.named_modules())
+    for role in roles:
+        missing = sorted(set(lora.weights[role]) - set(named))
+        if missing:
+            raise ValueError(f"LoRA role {role!r} targets modules this {type(model).__name__} does not have, "
+                             f"e.g. {missing[0]} (was it trained on another architecture or size?)")
+    present = [r for r in roles if r in getattr(model, "peft_config", {})]
+    if present:
+        model.delete_adapters(present)
+    _add_adapters(model, {role: LoraConfig(r=lora.rank(role), lora_alpha=lora.alphas[role],
+                                           target_modules=sorted(lora.weights[role])) for role in roles})
+    for role in roles:
+        params = role_parameters(model, role)
+        for module, (a, b) in lora.weights[role].items():
+            for kind, value in (("A", a), ("B", b)):
+                param = params[f"{module}.lora_{kind}.{role}.weight"]
+                if param.shape != value.shape:
+                    raise ValueError(f"LoRA {role} {module}.lora_{kind}: shape {tuple(value.shape)} does not fit "
+                                     f"the model's {tuple(param.shape)}")
+                param.data = value.float().to(param.device)
+    activate(model, roles)
+
+
+def lora_from_model(model: torch.nn.Module, arch, alphas: dict, roles=ROLES, info: dict | None = None) -> RelationLora:
+    """Copy `roles` out of a model holding the triplet's adapters (fp32, CPU)."""
+    weights = {}
+    for role in roles:
+        modules = {}
+        for name, param in role_parameters(model, role).items():
+            module, rest = name.split(".lora_", 1)
+            modules.setdefault(module, [None, None])["AB".index(rest[0])] = param.detach().float().cpu().clone()
+        weights[role] = {m: tuple(ab) for m, ab in sorted(modules.items())}
+    return RelationLora(arch.name, weights, {r: float(alphas[r]) for r in roles}, dict(info or {}))
+
+
+def load_relation_lora(model: torch.nn.Module, path, roles=None) -> RelationLora:
+    """Read a relation LoRA file and apply `roles` of it (default: all it holds) to `model`, unmerged and active."""
+    lora = load_lora(path)
+    apply_lora(model, lora, roles)
+    return lora
 
 
 def activate(model: torch.nn.Module, roles) -> None:
-    """Run exactly `roles`: other adapters are skipped in forward (no compute, no gradient, requires_grad False)."""
-    roles = tuple(roles)
-    for _, layer in lora_layers(model):
-        layer.set_adapter([r for r in roles if r in layer.lora_A])
+    """Run exactly `roles`: other adapters are skipped in forward (no compute, no gradient, requires_grad False)
+    (peft `set_adapter`)."""
+    from peft.functional import set_adapter
+
+    set_adapter(model, list(roles))
 
 
 def role_parameters(model: torch.nn.Module, role: str) -> dict:
@@ -122,36 +182,64 @@ def lora_parameters(model: torch.nn.Module) -> dict:
     return {n: p for role in ROLES for n, p in role_parameters(model, role).items()}
 
 
-def set_strengths(model: torch.nn.Module, strengths: dict) -> None:
-    """Scale each role's delta: scaling = strength · alpha / rank (peft `set_scale`)."""
-    for _, layer in lora_layers(model):
-        for role, strength in strengths.items():
-            if role in layer.lora_A:
-                layer.set_scale(role, float(strength))
+@dataclass
+class _Merge:
+    """What `merge_inference_set` changed, to undo it exactly: the merged modules' original weights (CPU copies),
+    the adapters' configs and parameters."""
+
+    weights: dict              # module name -> original weight
+    configs: dict              # role -> LoraConfig
+    parameters: dict           # LoRA parameter name -> value
 
 
-def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None) -> None:
+_MERGE_ATTR = "_dreamrelation_merge"
+
+
+def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None, undoable: bool = True) -> None:
     """Merge relation + ffn into the base weights (subjects dropped), as DreamRelation infers (paper §3.4).
 
     `strengths` (role -> float, default 1.0) scale each merged role; a subject role given a nonzero strength is
-    merged too (an experiment: the subject LoRAs carry the exemplars' looks). Afterwards the model runs no LoRA
-    branch. Merging again (other strengths, another LoRA) first takes the earlier merge out.
+    merged too (an experiment: the subject LoRAs carry the exemplars' looks). Uses diffusers' `set_adapters`,
+    `fuse_lora` and `unload_lora`: afterwards every adapter and peft wrapper is gone and the model is a plain
+    transformer again. With `undoable` the original weights and the adapters are kept (on the CPU) so that
+    `unmerge_lora` restores the model exactly; merging again first does that, so merges never stack.
     """
     strengths = {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
-    unmerge_lora(model)                 # merging again replaces the earlier merge; it never stacks on it
-    set_strengths(model, strengths)
-    merged_roles = [r for r in ROLES if strengths.get(r, 0.0) != 0.0]
-    for _, layer in lora_layers(model):
-        roles = [r for r in merged_roles if r in layer.lora_A]
-        if roles:
-            layer.merge(adapter_names=roles)
-    activate(model, ())
+    unmerge_lora(model)
+    present = list(getattr(model, "peft_config", {}))
+    if not present:
+        return
+    merged = [r for r in present if strengths.get(r, 0.0) != 0.0]
+    record = None
+    if undoable:
+        touched = {name.split(".lora_")[0] for role in merged for name in role_parameters(model, role)}
+        modules = dict(model.named_modules())
+        record = _Merge(weights={m: modules[m].get_base_layer().weight.detach().to("cpu", copy=True)
+                                 for m in sorted(touched)},
+                        configs={r: copy.deepcopy(c) for r, c in model.peft_config.items()},
+                        parameters={n: p.detach().to("cpu", copy=True) for n, p in lora_parameters(model).items()})
+    if merged:
+        model.set_adapters(merged, [float(strengths[r]) for r in merged])
+        model.fuse_lora(adapter_names=merged)
+    model.unload_lora()
+    if record is not None:
+        setattr(model, _MERGE_ATTR, record)
 
 
 def unmerge_lora(model: torch.nn.Module) -> None:
-    """Take every merged LoRA delta out of the base weights again (with the scale it was merged at); the adapters
-    stay, inactive."""
-    for _, layer in lora_layers(model):
-        if layer.merged:
-            layer.unmerge()
+    """Undo `merge_inference_set` exactly: the original base weights back, the adapters back with their
+    parameters, none active. No-op on a model that is not merged."""
+    record = getattr(model, _MERGE_ATTR, None)
+    if record is None:
+        return
+    delattr(model, _MERGE_ATTR)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, weight in record.weights.items():
+            modules[name].weight.copy_(weight)
+    _add_adapters(model, record.configs)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in record.parameters.items():
+            params[name].copy_(value)
     activate(model, ())

@@ -27,7 +27,7 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     from dreamrelation_core import trainer as trainer_module
     from dreamrelation_core.archs import ROLES
     from dreamrelation_core.synthrel import quality
-    from dreamrelation_core.triplet import lora_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     runs, judged = [], []
     original_train, original_judge = trainer_module.RelationTrainer.train, quality.judge
@@ -37,7 +37,8 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
         return original_train(self, *args, **kwargs)
 
     def judge(base, *args):
-        judged.append({role for _, layer in lora_layers(base.transformer) for role in layer.active_adapters})
+        judged.append({role for layer in base.transformer.modules() if isinstance(layer, BaseTunerLayer)
+                       for role in layer.active_adapters})
         return original_judge(base, *args)
 
     monkeypatch.setattr(trainer_module.RelationTrainer, "train", train)

@@ -9,7 +9,7 @@ import yaml
 from dreamrelation_core.bases import load_base
 from dreamrelation_core.cli import main
 from dreamrelation_core.config import load_config
-from dreamrelation_core.formats import load_relation_lora
+from dreamrelation_core.triplet import load_relation_lora
 from dreamrelation_core.sampling import generate
 from dreamrelation_core.synthrel import write_exemplars
 from dreamrelation_core.trainer import RelationTrainer

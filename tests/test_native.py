@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from dreamrelation_core.archs import MOCHI, ROLES, WAN
-from dreamrelation_core.formats import lora_from_model, to_native
+from dreamrelation_core.formats import to_native
+from dreamrelation_core.triplet import lora_from_model
 from dreamrelation_core.native import NativeTriplet, native_targets
 from dreamrelation_core.triplet import TripletConfig, inject_triplet, lora_parameters, resolve_targets
 

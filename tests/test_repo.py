@@ -68,6 +68,15 @@ def test_pyproject_and_requirements_files_agree():
     assert "-r requirements.txt" in (ROOT / "requirements-cli.txt").read_text().splitlines()
 
 
+def test_ci_tests_the_declared_floors():
+    """.ci/run's floor environment pins exactly the lower bounds the requirements declare."""
+    declared = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)>=(\S+)", l).groups()
+                    for l in _requirements(ROOT / "requirements.txt") + _requirements(ROOT / "requirements-cli.txt"))
+    pinned = re.findall(r'"([a-z]+)==([0-9.]+)"', (ROOT / ".ci" / "run").read_text())
+    assert {name for name, _ in pinned} >= {"diffusers", "peft"}
+    assert all(declared[name] == version for name, version in pinned if name != "torch"), pinned
+
+
 def test_the_comfyui_requirements_leave_torch_and_the_trainer_stack_alone():
     names = {re.split(r"[<>=!~ \[]", l)[0].lower() for l in _requirements(ROOT / "requirements.txt")}
     assert not names & {"torch", "torchvision", "torchaudio", "peft", "transformers", "accelerate"}

@@ -182,15 +182,15 @@ def test_strengths_scale_the_merged_delta(make_tiny):
     inject_triplet(model, WAN, TripletConfig(rank=4, alpha=4))
     randomize_lora(model)
     layer = dict(model.named_modules())["blocks.0.attn1.to_q"]
-    w0 = layer.base_layer.weight.detach().clone()
+    w0 = layer.get_base_layer().weight.detach().clone()
     delta = layer.lora_B["relation"].weight @ layer.lora_A["relation"].weight
     merge_inference_set(model, {"relation": 0.5, "ffn": 1.0})
-    assert torch.allclose(layer.base_layer.weight, w0 + 0.5 * delta, atol=1e-6)
+    merged = dict(model.named_modules())["blocks.0.attn1.to_q"].weight
+    assert torch.allclose(merged, w0 + 0.5 * delta, atol=1e-6)
 
 
 def test_merging_again_replaces_the_merge_and_unmerge_restores_the_base(make_tiny):
-    from dreamrelation_core.formats import apply_lora, lora_from_model
-    from dreamrelation_core.triplet import unmerge_lora
+    from dreamrelation_core.triplet import apply_lora, lora_from_model, unmerge_lora
 
     model = make_tiny(WAN)
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -211,5 +211,37 @@ def test_merging_again_replaces_the_merge_and_unmerge_restores_the_base(make_tin
         merge_inference_set(model)
         assert torch.allclose(WAN.velocity(model, *x), expected, atol=1e-5)
         unmerge_lora(model)
-    weights = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
-    assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in base.items())
+        model.unload_lora()                                # diffusers: take the adapters out again
+    assert model.state_dict().keys() == base.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
+
+
+def test_merge_leaves_a_plain_model_and_undoes_exactly(make_tiny):
+    """After the merge no peft wrapper or adapter is left (the subject LoRAs are gone); undoing it gives back every
+    weight and LoRA parameter bit for bit, and the roles gate as before."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from dreamrelation_core.triplet import unmerge_lora
+
+    model = make_tiny(WAN)
+    inject_triplet(model, WAN, TripletConfig(rank=4, alpha=8))
+    randomize_lora(model, seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = inputs(WAN, model)
+    with torch.no_grad():
+        activate(model, ("relation", "ffn"))
+        expected = WAN.velocity(model, *x)
+        merge_inference_set(model, {"relation": 0.7})
+        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+        assert not any("lora_" in k for k in model.state_dict()) and not getattr(model, "peft_config", None)
+        activate(model, ("relation", "ffn"))
+        scaled = WAN.velocity(model, *x)
+        unmerge_lora(model)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+        assert model.state_dict().keys() == before.keys()
+        activate(model, ("relation", "ffn"))
+        assert torch.equal(WAN.velocity(model, *x), expected)
+        assert not torch.allclose(scaled, expected, atol=1e-4)          # the strength was merged
+    merge_inference_set(model, undoable=False)
+    unmerge_lora(model)                                                 # nothing kept: stays merged
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dreamrelation_core.archs import MOCHI, WAN
-from dreamrelation_core.formats import lora_from_model, save_lora
+from dreamrelation_core.formats import save_lora
+from dreamrelation_core.triplet import lora_from_model
 from dreamrelation_core.triplet import TripletConfig, inject_triplet, lora_parameters
 
 from .native_models import WAN_DIFFUSERS, native_model
