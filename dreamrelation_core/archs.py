@@ -1,17 +1,39 @@
-"""Architecture table: everything that differs between Mochi and Wan, as data looked up by name.
+"""The family table: everything that differs between Mochi and Wan, one entry per family, looked up by name.
 
-The trainer, sampler and triplet never branch on the architecture name; they read these fields.
+The trainer, sampler, triplet and loaders never branch on the architecture name; they read these fields. Checkpoint
+key conversions live in conversion.py, referred to from each family's `Loading`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
+from . import conversion
 from .flow import X0_SIGMA_FLOOR, velocity_from_x0
 
 ROLES = ("relation", "subject1", "subject2", "ffn")
 INFERENCE_ROLES = ("relation", "ffn")
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How a family's base is loaded (bases.py): its components and its single-file checkpoints."""
+
+    tiny_vae_class: str
+    tiny_vae: dict
+    text_dim_key: str               # transformer config field holding the text embedding size
+    text_model_class: str           # transformers encoder class when text_encoder/config.json does not say
+    zero_padding: bool
+    zero_empty_prompts: bool
+    clean: Callable[[str], str] | None
+    marker: str                     # original-layout key (after any prefix) that identifies a single-file checkpoint
+    dim_key: str                    # original-layout tensor whose first dimension is the hidden size
+    unsupported: dict               # original-layout key fragment -> why such a checkpoint is refused
+    templates: dict                 # inner dim -> config template folder under configs/ (None: the default)
+    infer_config: Callable[[dict, int], dict]
+    convert: Callable[[dict, dict], dict]
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,8 @@ class Architecture:
     tiny_transformer: dict = field(default_factory=dict)
     prediction: str = "velocity"    # what the transformer outputs: "velocity" or "x0" (clean latent)
     default_placement: str = "reference"
+    loading: Loading | None = None  # None: not loaded from files (SynthRel builds its own)
+    comfy_model_class: str | None = None   # ComfyUI's `comfy.model_base` class of its native models
 
     def role_modules(self, placement: str | None = None) -> dict:
         """role -> block-relative module names of `placement` (default: `default_placement`)."""
@@ -146,6 +170,21 @@ WAN = Architecture(
         text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
     ),
+    loading=Loading(
+        # Wan 2.1 VAE at base_dim 8: temporal 4x (two temporal downsamples), spatial 8x (three stages).
+        tiny_vae_class="AutoencoderKLWan",
+        tiny_vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                      temperal_downsample=[False, True, True]),
+        text_dim_key="text_dim", text_model_class="UMT5EncoderModel",
+        zero_padding=True, zero_empty_prompts=False, clean=conversion.wan_prompt_clean,
+        marker="blocks.0.self_attn.q.weight", dim_key="patch_embedding.weight",
+        unsupported={"img_emb.": "image-to-video (img_emb) checkpoints are not supported; use a text-to-video one",
+                     "vace_blocks.": "VACE checkpoints are not supported; use a plain text-to-video one",
+                     "motion_encoder.": "Wan-Animate checkpoints are not supported; use a text-to-video one"},
+        templates={1536: "wan2.1-t2v-1.3b", None: "wan2.1-t2v-14b"},
+        infer_config=conversion.wan_single_file_config, convert=conversion.wan_to_diffusers,
+    ),
+    comfy_model_class="WAN21",
 )
 
 MOCHI = Architecture(
@@ -192,6 +231,20 @@ MOCHI = Architecture(
         patch_size=2, num_attention_heads=4, attention_head_dim=16, num_layers=2, pooled_projection_dim=32,
         in_channels=12, text_embed_dim=32, time_embed_dim=32, activation_fn="swiglu", max_sequence_length=16,
     ),
+    loading=Loading(
+        # Mochi VAE at 32 channels (its group norms use 32 groups): temporal 1·2·3 = 6x, spatial 8x.
+        tiny_vae_class="AutoencoderKLMochi",
+        tiny_vae=dict(encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32),
+                      latent_channels=12, layers_per_block=(1, 1, 1, 1, 1),
+                      add_attention_block=(False, True, True, True, True)),
+        text_dim_key="text_embed_dim", text_model_class="T5EncoderModel",
+        zero_padding=False, zero_empty_prompts=True, clean=None,
+        marker="blocks.0.attn.qkv_x.weight", dim_key="x_embedder.proj.weight",
+        unsupported={},
+        templates={None: "mochi-1-preview"},
+        infer_config=conversion.mochi_single_file_config, convert=conversion.mochi_to_diffusers,
+    ),
+    comfy_model_class="GenmoMochi",
 )
 
 # The SynthRel toy base: a real Wan transformer at tiny size on a fixed invertible pixel<->latent map (2×2
@@ -203,6 +256,8 @@ MOCHI = Architecture(
 SYNTHREL = replace(
     WAN,
     name="synthrel",
+    loading=None,                   # built by synthrel/base.py; in ComfyUI its model is tagged (nodes/synthrel.py)
+    comfy_model_class=None,
     prediction="x0",
     temporal_ratio=1,
     spatial_ratio=2,

@@ -4,7 +4,7 @@ A base is named by a spec string: `tiny-wan` / `tiny-mochi` (tiny random instanc
 tests and CPU smoke runs), a diffusers pipeline folder, a diffusers transformer folder, or a single-file `.safetensors`
 transformer in the original key layout (as ComfyUI users keep them). Everything is loaded offline from local files,
 only through safetensors or `from_pretrained` (never unpickled), frozen (`requires_grad_(False)`) and in eval mode.
-What differs between the families lives in the `_FAMILIES` table below, not in branches.
+What differs between the families lives in their `Loading` entries (archs.py), not in branches.
 """
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ import contextlib
 import importlib
 import json
 import logging
-import math
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -30,157 +26,6 @@ _VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLMochi")
 _TEXT_MODEL_CLASSES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}   # by text_encoder/config.json model_type
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Family table: everything about loading that differs between Wan and Mochi
-# ---------------------------------------------------------------------------------------------------------------------
-
-def _wan_prompt_clean(text: str) -> str:
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean   # ftfy (optional) + html unescape + whitespace
-    return prompt_clean(text)
-
-
-def _wan_single_file_config(shapes: dict, head_dim: int) -> dict:
-    """Diffusers config fields of a Wan transformer, read off original-key tensor shapes."""
-    patch = shapes["patch_embedding.weight"]          # [dim, in_channels, pt, ph, pw]
-    dim, patch_size = patch[0], list(patch[2:])
-    if dim % head_dim:
-        raise ValueError(f"hidden size {dim} is not a multiple of attention_head_dim {head_dim}; pass "
-                         "config_overrides={'attention_head_dim': ...} or a sidecar .json config")
-    return dict(
-        patch_size=patch_size, in_channels=patch[1], num_attention_heads=dim // head_dim, attention_head_dim=head_dim,
-        out_channels=shapes["head.head.weight"][0] // math.prod(patch_size),
-        text_dim=shapes["text_embedding.0.weight"][1], freq_dim=shapes["time_embedding.0.weight"][1],
-        ffn_dim=shapes["blocks.0.ffn.0.weight"][0], num_layers=_num_blocks(shapes),
-        cross_attn_norm="blocks.0.norm3.weight" in shapes,
-        **({} if "blocks.0.self_attn.norm_q.weight" in shapes else {"qk_norm": None}),
-    )
-
-
-def _mochi_single_file_config(shapes: dict, head_dim: int) -> dict:
-    """Diffusers config fields of a Mochi transformer, read off genmo-key tensor shapes (heads and head size come
-    from `pos_frequencies` [3, heads, head_dim / 2], so `head_dim` is not needed)."""
-    patch = shapes["x_embedder.proj.weight"]          # [dim, in_channels, p, p]
-    freqs = shapes["pos_frequencies"]
-    return dict(
-        patch_size=patch[-1], in_channels=patch[1], num_attention_heads=freqs[1], attention_head_dim=2 * freqs[2],
-        out_channels=shapes["final_layer.linear.weight"][0] // (patch[-1] ** 2),
-        pooled_projection_dim=shapes["t5_yproj.weight"][0], text_embed_dim=shapes["t5_yproj.weight"][1],
-        time_embed_dim=shapes["t_embedder.mlp.0.weight"][1], num_layers=_num_blocks(shapes),
-    )
-
-
-def _wan_convert(checkpoint: dict, config: dict) -> dict:
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-    return convert_wan_transformer_to_diffusers(checkpoint)
-
-
-def wan_original_state_dict(diffusers_state_dict: dict, original_keys) -> dict:
-    """A diffusers `WanTransformer3DModel` state dict under the original Wan names (those of ComfyUI's `WanModel`,
-    given as `original_keys`). The names come from diffusers' own original -> diffusers converter, run on the
-    original keys; ValueError when the two key sets do not correspond one to one."""
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-    original_keys = list(original_keys)
-    probe = convert_wan_transformer_to_diffusers({k: torch.tensor(float(i)) for i, k in enumerate(original_keys)})
-    to_original = {key: original_keys[int(index)] for key, index in probe.items()}
-    missing = sorted(set(to_original) - set(diffusers_state_dict))
-    extra = sorted(set(diffusers_state_dict) - set(to_original))
-    if missing or extra:
-        raise ValueError(f"the diffusers Wan weights do not match the native model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
-    return {to_original[key]: tensor for key, tensor in diffusers_state_dict.items()}
-
-
-def _mochi_convert(checkpoint: dict, config: dict) -> dict:
-    """genmo Mochi keys -> diffusers keys. Same mapping as diffusers' `convert_mochi_transformer_checkpoint_to_diffusers`,
-    which hard-codes 48 blocks; here the block count comes from the config so smaller files load too."""
-    from diffusers.loaders.single_file_utils import swap_proj_gate, swap_scale_shift
-
-    ck, out = checkpoint, {}
-    top = {"patch_embed.proj": "x_embedder.proj", "time_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
-           "time_embed.timestep_embedder.linear_2": "t_embedder.mlp.2", "time_embed.pooler.to_kv": "t5_y_embedder.to_kv",
-           "time_embed.pooler.to_q": "t5_y_embedder.to_q", "time_embed.pooler.to_out": "t5_y_embedder.to_out",
-           "time_embed.caption_proj": "t5_yproj", "proj_out": "final_layer.linear"}
-    for new, old in top.items():
-        for p in ("weight", "bias"):
-            out[f"{new}.{p}"] = ck.pop(f"{old}.{p}")
-    for p in ("weight", "bias"):
-        out[f"norm_out.linear.{p}"] = swap_scale_shift(ck.pop(f"final_layer.mod.{p}"), dim=0)
-    out["pos_frequencies"] = ck.pop("pos_frequencies")
-
-    n = int(config["num_layers"])
-    for i in range(n):
-        new, old, last = f"transformer_blocks.{i}.", f"blocks.{i}.", i == n - 1
-        # The last block is context_pre_only: its text-stream modulation is a single linear and it has no text
-        # output projection or text MLP.
-        ctx_norm = "norm1_context.linear_1" if last else "norm1_context.linear"
-        renames = {"norm1.linear.weight": "mod_x.weight", "norm1.linear.bias": "mod_x.bias",
-                   f"{ctx_norm}.weight": "mod_y.weight", f"{ctx_norm}.bias": "mod_y.bias",
-                   "attn1.norm_q.weight": "attn.q_norm_x.weight", "attn1.norm_k.weight": "attn.k_norm_x.weight",
-                   "attn1.to_out.0.weight": "attn.proj_x.weight", "attn1.to_out.0.bias": "attn.proj_x.bias",
-                   "attn1.norm_added_q.weight": "attn.q_norm_y.weight",
-                   "attn1.norm_added_k.weight": "attn.k_norm_y.weight", "ff.net.2.weight": "mlp_x.w2.weight"}
-        if not last:
-            renames.update({"attn1.to_add_out.weight": "attn.proj_y.weight", "attn1.to_add_out.bias": "attn.proj_y.bias",
-                            "ff_context.net.2.weight": "mlp_y.w2.weight"})
-        for k_new, k_old in renames.items():
-            out[new + k_new] = ck.pop(old + k_old)
-        for stream, names in (("x", ("to_q", "to_k", "to_v")), ("y", ("add_q_proj", "add_k_proj", "add_v_proj"))):
-            for name, w in zip(names, ck.pop(f"{old}attn.qkv_{stream}.weight").chunk(3, dim=0)):
-                out[f"{new}attn1.{name}.weight"] = w
-        out[new + "ff.net.0.proj.weight"] = swap_proj_gate(ck.pop(old + "mlp_x.w1.weight"))
-        if not last:
-            out[new + "ff_context.net.0.proj.weight"] = swap_proj_gate(ck.pop(old + "mlp_y.w1.weight"))
-    out.update(ck)   # anything left is reported as unexpected by the strict key check
-    return out
-
-
-@dataclass(frozen=True)
-class _Family:
-    tiny_vae_class: str
-    tiny_vae: dict
-    text_dim_key: str               # transformer config field holding the text embedding size
-    text_model_class: str           # transformers encoder class when text_encoder/config.json does not say
-    zero_padding: bool
-    zero_empty_prompts: bool
-    clean: Callable[[str], str] | None
-    marker: str                     # original-layout key (after any prefix) that identifies a single-file checkpoint
-    dim_key: str                    # original-layout tensor whose first dimension is the hidden size
-    unsupported: dict               # original-layout key fragment -> why such a checkpoint is refused
-    templates: dict                 # inner dim -> config template folder under configs/ (None: the default)
-    infer_config: Callable[[dict, int], dict]
-    convert: Callable[[dict, dict], dict]
-
-
-_FAMILIES = {
-    "wan": _Family(
-        # Wan 2.1 VAE at base_dim 8: temporal 4x (two temporal downsamples), spatial 8x (three stages).
-        tiny_vae_class="AutoencoderKLWan",
-        tiny_vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                      temperal_downsample=[False, True, True]),
-        text_dim_key="text_dim", text_model_class="UMT5EncoderModel",
-        zero_padding=True, zero_empty_prompts=False, clean=_wan_prompt_clean,
-        marker="blocks.0.self_attn.q.weight", dim_key="patch_embedding.weight",
-        unsupported={"img_emb.": "image-to-video (img_emb) checkpoints are not supported; use a text-to-video one",
-                     "vace_blocks.": "VACE checkpoints are not supported; use a plain text-to-video one",
-                     "motion_encoder.": "Wan-Animate checkpoints are not supported; use a text-to-video one"},
-        templates={1536: "wan2.1-t2v-1.3b", None: "wan2.1-t2v-14b"},
-        infer_config=_wan_single_file_config, convert=_wan_convert,
-    ),
-    "mochi": _Family(
-        # Mochi VAE at 32 channels (its group norms use 32 groups): temporal 1·2·3 = 6x, spatial 8x.
-        tiny_vae_class="AutoencoderKLMochi",
-        tiny_vae=dict(encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32),
-                      latent_channels=12, layers_per_block=(1, 1, 1, 1, 1),
-                      add_attention_block=(False, True, True, True, True)),
-        text_dim_key="text_embed_dim", text_model_class="T5EncoderModel",
-        zero_padding=False, zero_empty_prompts=True, clean=None,
-        marker="blocks.0.attn.qkv_x.weight", dim_key="x_embedder.proj.weight",
-        unsupported={},
-        templates={None: "mochi-1-preview"},
-        infer_config=_mochi_single_file_config, convert=_mochi_convert,
-    ),
-}
 _CLASS_TO_ARCH = {a.transformer_class: a for a in MODEL_FAMILIES.values()}
 
 
@@ -224,11 +69,6 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def _num_blocks(shapes: dict) -> int:
-    indices = {int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
-    return max(indices) + 1
-
-
 def _resolve_arch(class_name: str | None, arch: str | None, where: str) -> Architecture:
     """The Architecture named by `arch`, checked against the transformer class `class_name` when both are known."""
     detected = _CLASS_TO_ARCH.get(class_name) if class_name else None
@@ -268,10 +108,10 @@ def _check_components(arch: Architecture, transformer: torch.nn.Module, codec: L
     if in_channels != codec.latent_channels:
         raise ValueError(f"{where}: transformer in_channels={in_channels} does not match the VAE's "
                          f"{codec.latent_channels} latent channels")
-    text_dim = transformer.config.get(_FAMILIES[arch.name].text_dim_key)
+    text_dim = transformer.config.get(arch.loading.text_dim_key)
     if text_dim != text_encoder.dim:
         raise ValueError(f"{where}: text encoder width {text_encoder.dim} does not match the transformer's "
-                         f"{_FAMILIES[arch.name].text_dim_key}={text_dim}")
+                         f"{arch.loading.text_dim_key}={text_dim}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,7 +127,7 @@ def build_tiny(arch_name: str, seed: int = 0) -> Base:
     with dim = the transformer's text width (32) and max_length 16 (use `base.text_encoder.max_length`).
     """
     arch = get_architecture(TINY_SPECS.get(arch_name, arch_name))
-    family = _FAMILIES[arch.name]
+    family = arch.loading
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = _diffusers_class(arch.transformer_class)(**arch.tiny_transformer)
@@ -310,7 +150,7 @@ def _load_components(folder: Path, arch: Architecture, transformer: torch.nn.Mod
     if not folder.is_dir() or missing:
         raise ValueError(f"components folder {str(folder)!r} must be a diffusers pipeline folder with vae/, "
                          f"text_encoder/ and tokenizer/ (missing: {missing or 'the folder itself'})")
-    family = _FAMILIES[arch.name]
+    family = arch.loading
 
     vae_class = _read_json(folder / "vae" / "config.json").get("_class_name")
     if vae_class not in _VAE_CLASSES:
@@ -380,7 +220,7 @@ def _single_file_header(path: Path) -> dict:
 
 def _detect_layout(path: Path, shapes: dict) -> tuple[str, str]:
     """(architecture name, key prefix) of an original-layout transformer checkpoint, or a ValueError naming the file."""
-    for name, family in _FAMILIES.items():
+    for name, family in ((n, a.loading) for n, a in MODEL_FAMILIES.items()):
         for key in shapes:
             if key.endswith(family.marker) and (key == family.marker or key[-len(family.marker) - 1] == "."):
                 prefix = key[: -len(family.marker)]
@@ -392,14 +232,14 @@ def _detect_layout(path: Path, shapes: dict) -> tuple[str, str]:
     diffusers_like = any(".attn1.to_q." in k for k in shapes)
     hint = (" These look like diffusers-format keys: load the diffusers folder (with its config.json) instead."
             if diffusers_like else "")
-    expected = "; ".join(f"{n}: '{f.marker}'" for n, f in _FAMILIES.items())
+    expected = "; ".join(f"{n}: '{a.loading.marker}'" for n, a in MODEL_FAMILIES.items())
     raise ValueError(f"{path}: unrecognised checkpoint keys (e.g. {sample}); expected an original-layout transformer "
                      f"with keys like {expected}, optionally prefixed 'model.diffusion_model.'.{hint}")
 
 
 def _single_file_config(path: Path, arch: Architecture, shapes: dict, overrides: dict | None) -> dict:
     """Diffusers config for a single file: template < sidecar `<file>.json` < shapes < `overrides`."""
-    family = _FAMILIES[arch.name]
+    family = arch.loading
     dim = shapes[family.dim_key][0]
     template = family.templates.get(dim, family.templates[None])
     config = _read_json(CONFIG_DIR / template / "config.json")
@@ -454,7 +294,7 @@ def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, ar
     with safe_open(str(path), framework="pt") as f:
         checkpoint = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     try:
-        converted = _FAMILIES[architecture.name].convert(checkpoint, config)
+        converted = architecture.loading.convert(checkpoint, config)
     except KeyError as e:
         raise ValueError(f"{path}: checkpoint lacks {e} needed by the {architecture.name} layout "
                          f"(config {json.dumps({k: config[k] for k in ('num_layers',)})})") from None

@@ -14,13 +14,13 @@ import comfy.model_base
 import comfy.model_management
 import comfy.samplers
 
-from ..dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, WAN, get_architecture
+from ..dreamrelation_core.archs import INFERENCE_ROLES, MODEL_FAMILIES, get_architecture
 from ..dreamrelation_core.flow import sampling_schedule
 from ..dreamrelation_core.native import NativeTriplet, native_targets
 from ..dreamrelation_core.sampling import euler, to_uint8_frames
 from ..dreamrelation_core.videoio import write_video
 
-NATIVE_ARCHITECTURES = ((comfy.model_base.WAN21, WAN), (comfy.model_base.GenmoMochi, MOCHI))
+NATIVE_ARCHITECTURES = tuple((getattr(comfy.model_base, a.comfy_model_class), a) for a in MODEL_FAMILIES.values())
 SIGMA_FLOOR = 1e-3      # σ below this is not drawn: v = (x − x0̂)/σ
 
 

@@ -62,7 +62,7 @@ def unet_config() -> dict:
 
 def native_model(base):
     """ModelPatcher around a native Wan model holding the weights of the core's SynthRel `base`."""
-    from ..dreamrelation_core.bases import wan_original_state_dict
+    from ..dreamrelation_core.conversion import wan_original_state_dict
 
     config = SynthRelModelConfig(unet_config())
     config.set_inference_dtype(torch.float32, None)       # 12 MB of weights: no reason to quantise

@@ -400,7 +400,7 @@ def test_mochi_inverse_mapping_matches_diffusers_converter():
 
 
 def test_wan_original_state_dict_inverts_diffusers_converter():
-    from dreamrelation_core.bases import wan_original_state_dict
+    from dreamrelation_core.conversion import wan_original_state_dict
 
     state = _random_model("WanTransformer3DModel", WAN_FILE_CONFIG, 0).state_dict()
     original = _wan_original(state)
