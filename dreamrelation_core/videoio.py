@@ -206,8 +206,9 @@ def _encode_gif(arr: np.ndarray, fps: float) -> bytes:
     """Assemble an animated GIF from Pillow's single-frame encodings.
 
     Pillow's animated writer merges identical consecutive frames into one longer frame,
-    which would change the frame count of static clips; building the file frame by frame
-    keeps exactly one GIF frame per video frame. Each frame keeps its own palette as a
+    which would change the frame count of static clips, and GIFs are read back as exemplar
+    videos (`read_video`); building the file frame by frame keeps exactly one GIF frame per
+    video frame. Each frame keeps its own palette as a
     local colour table.
     """
     _, h, w, _ = arr.shape
