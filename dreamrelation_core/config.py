@@ -48,6 +48,8 @@ class TrainConfig:
     posterior: str = "sample"          # sample: z0 = mean + std·ε each step (the reference) | mean (what ComfyUI's
                                        # VAEs give, so its Train node always trains on the mean; docs/method.md)
     max_grad_norm: float | None = None  # clip the LoRA gradients' norm (the reference never clips; off by default)
+    batch_size: int = 1                # exemplars per forward pass (the reference: 1); they share the step's group
+    gradient_accumulation: int = 1     # forward passes per optimiser step: batch_size · this exemplars a step
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _typed(value, annotation: str, key: str):
 
 # Values that must be positive (or at least zero) wherever they are set.
 _POSITIVE = {"train.max_grad_norm", "train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank",
-             "lora.alpha"}
+             "lora.alpha", "train.batch_size", "train.gradient_accumulation"}
 _NON_NEGATIVE = {"data.fps", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
 
 

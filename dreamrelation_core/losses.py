@@ -52,15 +52,22 @@ class RelationalContrastiveBank:
         self.negatives = deque(maxlen=negative_size)   # entries [C]
         self.rng = random.Random(seed)
 
-    def loss(self, output: torch.Tensor) -> torch.Tensor:
-        """RCL of a model output [B, C, f, h, w] (mean over samples), then push its features into the banks."""
+    def loss(self, output: torch.Tensor, push: bool = True) -> torch.Tensor:
+        """RCL of a model output [B, C, f, h, w] (mean over samples), then (`push`) its features into the banks.
+        A step of several forward passes pushes them all after the last (`push_features`), so that every pass of
+        the step sees the same banks, as one batch does."""
         feats = frame_features(output)
         losses = [self._sample_loss(s) for s in feats]
+        if push:
+            self.push_features(feats)
+        losses = [l for l in losses if l is not None]
+        return torch.stack(losses).mean() if losses else output.new_zeros((), dtype=torch.float32)
+
+    def push_features(self, feats: torch.Tensor) -> None:
+        """Add per-frame features [B, f, C] (`frame_features`) to the banks."""
         for s in feats:
             self.positives.append((s[1:] - s[:-1]).detach().cpu())
             self.negatives.extend(s.detach().cpu())
-        losses = [l for l in losses if l is not None]
-        return torch.stack(losses).mean() if losses else output.new_zeros((), dtype=torch.float32)
 
     def _sample_loss(self, spatial: torch.Tensor):
         if not self.positives:

@@ -33,7 +33,7 @@ from .data import TrainingItem, prepare_training_set
 from .flow import noisy_latents, train_sigmas, velocity_target
 from .files import atomic_write_many
 from .formats import RelationLora, file_digest, save_lora_pair
-from .losses import RelationalContrastiveBank, as_random_state, hybrid_mask_loss
+from .losses import RelationalContrastiveBank, as_random_state, frame_features, hybrid_mask_loss
 from .masks import GROUPS, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_from_model, lora_parameters
 
@@ -91,9 +91,10 @@ class TrainerBackend(Protocol):
     def parameters(self) -> dict: ...                     # name -> every LoRA parameter of the triplet
     def activate(self, roles) -> None: ...                # run exactly these roles' adapters
 
-    def velocity(self, latents, sigma, item: TrainingItem | None) -> torch.Tensor:
-        """Canonical ε − z0 [1, C, f, h, w] for `item`'s caption, or the unconditional input when None (caption
-        dropout); each backend holds captions its own way."""
+    def velocity(self, latents, sigma, items: list) -> torch.Tensor:
+        """Canonical ε − z0 [B, C, f, h, w] at `latents` [B, C, f, h, w], σ [B], each sample with its item's caption
+        (`items`: B TrainingItems), or the unconditional input where None (caption dropout); each backend holds
+        captions its own way. `max_batch` says how large B may be."""
     def lora(self, alphas: dict, info: dict) -> RelationLora: ...               # the triplet's weights
 
 
@@ -123,12 +124,15 @@ class PeftBackend:
     def activate(self, roles) -> None:
         activate(self.transformer, roles)
 
-    def velocity(self, latents, sigma, item) -> torch.Tensor:
-        text, text_mask = self.null_text if item is None else (item.text, item.text_mask)
+    max_batch = None          # any batch size
+
+    def velocity(self, latents, sigma, items) -> torch.Tensor:
+        texts = [self.null_text if item is None else (item.text, item.text_mask) for item in items]
+        text, text_mask = (torch.stack(parts) for parts in zip(*texts))
         device = self.device
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
             return self.arch.velocity(self.transformer, latents.to(self.dtype), sigma.to(device),
-                                      text[None].to(device, self.dtype), text_mask[None].to(device))
+                                      text.to(device, self.dtype), text_mask.to(device))
 
     def lora(self, alphas: dict, info: dict):
         if Path(self.name).is_file():
@@ -178,6 +182,11 @@ class RelationTrainer:
         self.settings = run_settings(config, items_digest(self.items))
         self.overwrite = overwrite
         self.step, self._saved_step, self._updating, self._stop_signal = 0, None, False, None
+        self.pending_features = []
+        limit = getattr(backend, "max_batch", None)
+        if limit is not None and t.batch_size > limit:
+            raise ValueError(f"train.batch_size {t.batch_size}: this backend trains {limit} exemplar(s) per forward "
+                             "pass; use train.gradient_accumulation for more exemplars a step")
 
     @classmethod
     def from_config(cls, config: RunConfig, output_dir=None, base=None, items=None, progress: bool = True,
@@ -196,10 +205,12 @@ class RelationTrainer:
         return cls(config, PeftBackend(base, config, device), items, out, progress, overwrite)
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def draw(self) -> StepInputs:
+    def draw(self, group=...) -> StepInputs:
+        """The random inputs of one exemplar; the group is drawn too unless given (the step's later exemplars)."""
         t = self.config.train
         item = self.items[self.rng.randrange(len(self.items))]
-        group = self.rng.choice(GROUPS) if t.hybrid_masks else None
+        if group is ...:
+            group = self.rng.choice(GROUPS) if t.hybrid_masks else None
         drop = self.rng.random() < t.caption_dropout
         sigma = train_sigmas(1, self.generator, t.sigma_shift, t.sigma_min, t.sigma_max)
         shape = (1, *item.latent_mean.shape)
@@ -207,26 +218,46 @@ class RelationTrainer:
         posterior_noise = torch.randn(shape, generator=self.generator)
         return StepInputs(item, group, drop, sigma, noise, posterior_noise)
 
-    def loss(self, inputs: StepInputs) -> tuple[torch.Tensor, dict]:
-        """Forward with the drawn group's adapters; returns (total loss, parts). Pushes RCL features to the banks."""
-        device, item = self.device, inputs.item
-        roles = GROUP_ROLES[inputs.group] if inputs.group else ROLES
+    def draw_step(self) -> list[list[StepInputs]]:
+        """The inputs of one optimiser step: `gradient_accumulation` batches of `batch_size` exemplars, all of the
+        step's group (hybrid mask training gates adapters per forward pass). Drawn exemplar by exemplar, so that a
+        batch of k and k accumulated passes of one draw the same."""
+        t = self.config.train
+        first = self.draw()
+        flat = [first] + [self.draw(first.group) for _ in range(t.batch_size * t.gradient_accumulation - 1)]
+        return [flat[k:k + t.batch_size] for k in range(0, len(flat), t.batch_size)]
+
+    def loss(self, inputs, push: bool = True) -> tuple[torch.Tensor, dict]:
+        """Forward with the drawn group's adapters on one batch (`inputs`: StepInputs, or a list sharing a group);
+        returns (total loss, parts). Pushes RCL features to the banks unless `push` is False (then they wait in
+        `pending_features` for the end of the step)."""
+        batch = [inputs] if isinstance(inputs, StepInputs) else list(inputs)
+        device, group = self.device, batch[0].group
+        shapes = {tuple(s.item.latent_mean.shape) for s in batch}
+        if len(shapes) > 1:
+            raise ValueError(f"train.batch_size {len(batch)}: exemplars {[s.item.name for s in batch]} have latents "
+                             f"of different shapes {sorted(shapes)}; give them one size and frame count, or use "
+                             "train.batch_size 1 with train.gradient_accumulation")
+        roles = GROUP_ROLES[group] if group else ROLES
         if not self.config.train.subject_loras:         # "w/o Subject LoRAs": only the roles kept at inference run
             roles = tuple(r for r in roles if r in INFERENCE_ROLES)
         self.backend.activate(roles)
-        z0 = item.latent_mean[None].to(device)
+        z0 = torch.stack([s.item.latent_mean for s in batch]).to(device)
         if self.config.train.posterior == "sample":
-            z0 = z0 + (item.latent_std * inputs.posterior_noise[0])[None].to(device)
-        noise = inputs.noise.to(device)
-        sigma = inputs.sigma.to(device)
-        pred = self.backend.velocity(noisy_latents(z0, noise, sigma), sigma, None if inputs.drop_caption else item)
+            z0 = z0 + torch.stack([s.item.latent_std * s.posterior_noise[0] for s in batch]).to(device)
+        noise = torch.cat([s.noise for s in batch]).to(device)
+        sigma = torch.cat([s.sigma for s in batch]).to(device)
+        pred = self.backend.velocity(noisy_latents(z0, noise, sigma), sigma,
+                                     [None if s.drop_caption else s.item for s in batch])
         target = velocity_target(z0, noise)
-        if inputs.group:
-            rec = hybrid_mask_loss(pred, target, group_mask(item.masks.to(device), inputs.group)[None],
-                                   self.config.train.mask_weight)
+        if group:
+            mask = torch.stack([group_mask(s.item.masks.to(device), group) for s in batch])
+            rec = hybrid_mask_loss(pred, target, mask, self.config.train.mask_weight)
         else:
             rec = hybrid_mask_loss(pred, target, torch.zeros_like(target[:, 0]), 0.0)
-        rcl = self.bank.loss(pred) if self.config.rcl.enabled else rec.new_zeros(())
+        rcl = self.bank.loss(pred, push=push) if self.config.rcl.enabled else rec.new_zeros(())
+        if self.config.rcl.enabled and not push:
+            self.pending_features.append(frame_features(pred).detach())
         total = rec + self.config.rcl.weight * rcl
         return total, {"rec": rec.item(), "rcl": rcl.item()}
 
@@ -234,13 +265,21 @@ class RelationTrainer:
         """One optimiser step. An exception before the update (an error, a non-finite loss, a second Ctrl-C)
         leaves the run as it was before the step: its random draws and RCL banks are put back."""
         before = self._random_state()
+        self.pending_features = []
         try:
-            inputs = self.draw()
-            total, parts = self.loss(inputs)
-            if not torch.isfinite(total):
-                raise NonFiniteLoss(f"the loss is {total.item()} at step {self.step + 1} (group {inputs.group}, "
-                                    f"σ {float(inputs.sigma):.3f})")
-            self.scaler.scale(total).backward()
+            batches = self.draw_step()
+            inputs = batches[0][0]
+            total, parts = 0.0, {}
+            for batch in batches:         # each pass's mean loss / passes: the mean over the step's exemplars
+                loss, batch_parts = self.loss(batch, push=False)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"the loss is {loss.item()} at step {self.step + 1} (group {inputs.group}, "
+                                        f"σ {', '.join(f'{float(s.sigma):.3f}' for s in batch)})")
+                self.scaler.scale(loss / len(batches)).backward()
+                total += loss.item() / len(batches)
+                parts = {k: parts.get(k, 0.0) + v / len(batches) for k, v in batch_parts.items()}
+            for feats in self.pending_features:
+                self.bank.push_features(feats)
             # The reference multiplies inactive LoRAs by zero, so AdamW still sees a zero gradient for them
             # (momentum and weight decay move them). We skip their compute but keep that optimiser behaviour.
             for p in self.params.values():
@@ -266,8 +305,11 @@ class RelationTrainer:
             self.step += 1
         finally:
             self._updating = False
-        record = {"step": self.step, "group": inputs.group, "item": inputs.item.name, "sigma": float(inputs.sigma),
-                  "loss": total.item(), **parts, "grad_norm": grad_norm, "lr": lr}
+        drawn = [s for batch in batches for s in batch]
+        record = {"step": self.step, "group": inputs.group,
+                  "item": inputs.item.name if len(drawn) == 1 else [s.item.name for s in drawn],
+                  "sigma": float(inputs.sigma) if len(drawn) == 1 else [float(s.sigma) for s in drawn],
+                  "loss": total, **parts, "grad_norm": grad_norm, "lr": lr}
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

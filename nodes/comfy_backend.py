@@ -95,7 +95,12 @@ class ComfyBackend:
     def activate(self, roles) -> None:
         self.triplet.activate(roles)
 
-    def velocity(self, latents, sigma, item) -> torch.Tensor:
+    # ComfyUI's guider applies one conditioning to a whole batch: one exemplar per pass (train.gradient_accumulation
+    # gives more a step).
+    max_batch = 1
+
+    def velocity(self, latents, sigma, items) -> torch.Tensor:
+        (item,) = items
         return self._velocity(latents, sigma, None if item is None else self.conditioning_of[item.name])
 
     def _velocity(self, latents, sigma, index: int | None) -> torch.Tensor:

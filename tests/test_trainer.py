@@ -151,3 +151,41 @@ def test_one_warm_up_rule(exemplars, tmp_path, steps, warmup, expected):
     trainer = make_trainer("wan", exemplars["wan"], tmp_path, steps=steps, warmup_steps=warmup)
     lr = trainer.config.train.learning_rate
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(lr / expected)     # step 0 of a linear warm-up
+
+
+def test_gradient_accumulation_over_k_equals_a_batch_of_k(exemplars, tmp_path):
+    """The same exemplars, σ and noise a step, whether they go through one forward pass or through k accumulated
+    ones: the same losses, RCL banks and LoRA weights (to float tolerance). Caption dropout on, so that batches mix
+    conditional and unconditional samples."""
+    runs = {}
+    for name, train in (("batch", dict(batch_size=3)), ("accumulated", dict(gradient_accumulation=3))):
+        trainer = make_trainer("wan", exemplars["wan"], tmp_path / name, steps=4, caption_dropout=0.5, **train)
+        records = [trainer.train_step() for _ in range(4)]
+        runs[name] = trainer, records
+    (batch, b_records), (accumulated, a_records) = runs["batch"], runs["accumulated"]
+    assert [r["item"] for r in b_records] == [r["item"] for r in a_records] and len(b_records[0]["item"]) == 3
+    assert [r["group"] for r in b_records] == [r["group"] for r in a_records]
+    for b, a in zip(b_records, a_records):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["rcl"] == pytest.approx(a["rcl"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)         # the mean, not the sum, of passes
+    assert sum(r["rcl"] != 0 for r in b_records) >= 2                         # the banks took part
+    # Adam divides by √v, so float-rounding differences in near-zero gradients grow to ~1e-6 (lr 1e-3).
+    assert all(torch.allclose(p, accumulated.params[n], atol=2e-5) for n, p in batch.params.items())
+    assert len(batch.bank.positives) == len(accumulated.bank.positives) == 10
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(batch.bank.positives, accumulated.bank.positives))
+
+
+def test_batches_need_one_latent_shape_and_a_backend_that_takes_them(exemplars, tmp_path):
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, batch_size=2)
+    item = trainer.items[1]
+    trainer.items[1] = type(item)(**{**item.__dict__, "latent_mean": item.latent_mean[:, :2],
+                                     "latent_std": item.latent_std[:, :2], "masks": item.masks[:2]})
+    with pytest.raises(ValueError, match="different shapes"):
+        for _ in range(20):
+            trainer.train_step()
+    backend = trainer.backend
+    backend.max_batch = 1
+    with pytest.raises(ValueError, match="train.batch_size 2: this backend trains 1"):
+        RelationTrainer(trainer.config, backend, trainer.items, tmp_path / "again", progress=False)
+    with pytest.raises(ValueError, match="train.gradient_accumulation: must be greater than 0"):
+        make_config("wan", exemplars["wan"], tmp_path, gradient_accumulation=0)

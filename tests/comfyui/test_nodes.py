@@ -66,7 +66,7 @@ def test_comfy_backend_velocity_matches_the_diffusers_convention(pack, comfy):
         with torch.no_grad():
             for sigma in (0.9, 0.3):
                 s = torch.tensor([sigma])
-                got[sigma] = (processed[:1].clone(), backend.velocity(processed[:1], s, exemplar))
+                got[sigma] = (processed[:1].clone(), backend.velocity(processed[:1], s, [exemplar]))
 
     with torch.inference_mode(False):
         backend.run(inside, latents, [[text, {}]], [[torch.zeros_like(text), {}]])
