@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import conversion
 from .archs import MODEL_FAMILIES, Architecture, get_architecture
 from .components import TINY_TEXT_LENGTH, Base, HashTextEncoder, LatentCodec, T5TextEncoder, TextEncoder
 
@@ -273,9 +274,7 @@ def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, ar
     if components is None:
         raise ValueError(f"{path}: a single-file transformer needs components= a diffusers pipeline folder with "
                          "vae/, text_encoder/ and tokenizer/ (its transformer/ is not used)")
-    shapes = _single_file_header(path)
-    if "scaled_fp8" in shapes or any(k.endswith(".scale_weight") for k in shapes):
-        raise ValueError(f"{path}: ComfyUI 'scaled fp8' checkpoints are not supported; use a bf16/fp16 file")
+    shapes = {k: v for k, v in _single_file_header(path).items() if not conversion.is_scale_key(k)}
     name, prefix = _detect_layout(path, shapes)
     architecture = _resolve_arch(get_architecture(name).transformer_class, arch, str(path))
     shapes = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
@@ -293,6 +292,7 @@ def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, ar
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         checkpoint = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    checkpoint = conversion.dequantize_scaled_fp8(checkpoint)      # fp8 files as ComfyUI users keep them
     try:
         converted = architecture.loading.convert(checkpoint, config)
     except KeyError as e:

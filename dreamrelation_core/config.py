@@ -49,6 +49,8 @@ class TrainConfig:
                                        # VAEs give, so its Train node always trains on the mean; docs/method.md)
     max_grad_norm: float | None = None  # clip the LoRA gradients' norm (the reference never clips; off by default)
     batch_size: int = 1                # exemplars per forward pass (the reference: 1); they share the step's group
+    fp8_storage: bool = False          # frozen base weights stored in float8 (e4m3), each layer computed in base_dtype
+    offload_activations: bool = False  # keep the activations saved for the backward pass on the CPU
     gradient_accumulation: int = 1     # forward passes per optimiser step: batch_size · this exemplars a step
 
 

@@ -15,6 +15,27 @@ def num_blocks(shapes: dict) -> int:
     return max(indices) + 1
 
 
+SCALED_FP8_MARKER = "scaled_fp8"        # ComfyUI's marker tensor of a "scaled fp8" checkpoint
+
+
+def is_scale_key(key: str) -> bool:
+    """A ComfyUI "scaled fp8" bookkeeping key: the marker, a weight's scale or an activation scale."""
+    return key.rsplit(".", 1)[-1] in (SCALED_FP8_MARKER, "scale_weight", "scale_input")
+
+
+def dequantize_scaled_fp8(checkpoint: dict) -> dict:
+    """A ComfyUI "scaled fp8" checkpoint (fp8 weights `<m>.weight` with a float32 scale `<m>.scale_weight`, as
+    comfy/ops.py applies them: weight · scale) as float32 weights; the marker and the activation scales
+    (`.scale_input`, only used by fp8 matmuls) are dropped. Other checkpoints come back unchanged."""
+    out = {}
+    for key, tensor in checkpoint.items():
+        if is_scale_key(key):
+            continue
+        scale = checkpoint.get(key[: -len("weight")] + "scale_weight") if key.endswith(".weight") else None
+        out[key] = tensor.to(torch.float32) * scale.to(torch.float32) if scale is not None else tensor
+    return out
+
+
 def wan_prompt_clean(text: str) -> str:
     from diffusers.pipelines.wan.pipeline_wan import prompt_clean   # ftfy (optional) + html unescape + whitespace
     return prompt_clean(text)

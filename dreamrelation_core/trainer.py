@@ -108,9 +108,14 @@ class PeftBackend:
         self.dtype = resolve_dtype(t.base_dtype, device)
         self.autocast_dtype = resolve_dtype(t.mixed_precision, device)
         self.transformer = base.transformer
+        self.offload_activations = t.offload_activations
         with torch.random.fork_rng(devices=[]):   # LoRA A init from the run's seed: same config, same run
             torch.manual_seed(t.seed)
             self.targets = inject_triplet(self.transformer, self.arch, config.lora)
+        if t.fp8_storage:
+            # diffusers' layerwise casting: each layer's weights are upcast just for its forward pass. After the
+            # adapters are added (peft would create them in the base's fp8), which it leaves alone by default.
+            self.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=self.dtype)
         self._params = lora_parameters(self.transformer)
         if t.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
             self.transformer.enable_gradient_checkpointing()
@@ -130,7 +135,10 @@ class PeftBackend:
         texts = [self.null_text if item is None else (item.text, item.text_mask) for item in items]
         text, text_mask = (torch.stack(parts) for parts in zip(*texts))
         device = self.device
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
+        offload = (torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda") if self.offload_activations
+                   else contextlib.nullcontext())
+        with offload, torch.autocast(device.type, dtype=self.autocast_dtype,
+                                     enabled=self.autocast_dtype != torch.float32):
             return self.arch.velocity(self.transformer, latents.to(self.dtype), sigma.to(device),
                                       text.to(device, self.dtype), text_mask.to(device))
 

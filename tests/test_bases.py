@@ -552,3 +552,32 @@ def test_wan22_expert_selects_the_transformer_subfolder(folders, tmp_path):
         load_base(str(folder), expert="middle")
     with pytest.raises(ValueError, match="no experts"):
         load_base("tiny-wan", expert="low_noise")
+
+
+def test_single_file_scaled_fp8_loads_dequantised(folders, tmp_path):
+    """ComfyUI's "scaled fp8" files (fp8 weights, a float32 scale each, a marker key) load as weight · scale."""
+    model = _random_model("WanTransformer3DModel", WAN_FILE_CONFIG, 4)
+    original = _wan_original(model.state_dict())
+    stored, expected = {"model.diffusion_model.scaled_fp8": torch.zeros(2, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in original.items():
+        if k.endswith(".weight") and v.ndim == 2 and ".norm" not in k:
+            scale = v.abs().max().float() / 448.0
+            fp8 = (v / scale).to(torch.float8_e4m3fn)
+            stored[f"model.diffusion_model.{k}"] = fp8
+            stored[f"model.diffusion_model.{k[:-6]}scale_weight"] = scale.reshape(())
+            stored[f"model.diffusion_model.{k[:-6]}scale_input"] = torch.ones(())
+            expected[k] = fp8.float() * scale
+        else:
+            stored[f"model.diffusion_model.{k}"] = v
+            expected[k] = v
+    path = tmp_path / "wan_scaled_fp8.safetensors"
+    save_file(stored, str(path))
+    base = load_base(str(path), components=str(folders["wan"]),
+                     config_overrides={"attention_head_dim": 16, "rope_max_seq_len": 64})
+    from dreamrelation_core.conversion import wan_to_diffusers
+    want = wan_to_diffusers(dict(expected), {})
+    got = base.transformer.state_dict()
+    assert all(torch.equal(got[k], v.to(got[k].dtype)) for k, v in want.items())
+    q = "blocks.0.attn1.to_q.weight"
+    assert not torch.equal(got[q], model.state_dict()[q]) and torch.allclose(got[q], model.state_dict()[q],
+                                                                              rtol=0.07, atol=1e-3)

@@ -189,3 +189,29 @@ def test_batches_need_one_latent_shape_and_a_backend_that_takes_them(exemplars, 
         RelationTrainer(trainer.config, backend, trainer.items, tmp_path / "again", progress=False)
     with pytest.raises(ValueError, match="train.gradient_accumulation: must be greater than 0"):
         make_config("wan", exemplars["wan"], tmp_path, gradient_accumulation=0)
+
+
+def test_activation_offload_trains_exactly_as_without(exemplars, tmp_path):
+    runs = {}
+    for offload in (False, True):
+        trainer = make_trainer("wan", exemplars["wan"], tmp_path / str(offload), steps=3, offload_activations=offload)
+        runs[offload] = trainer, [trainer.train_step()["loss"] for _ in range(3)]
+    (plain, plain_losses), (offloaded, offloaded_losses) = runs[False], runs[True]
+    assert offloaded_losses == pytest.approx(plain_losses, rel=1e-6)
+    assert all(torch.allclose(p, offloaded.params[n], atol=1e-6) for n, p in plain.params.items())
+
+
+def test_fp8_storage_keeps_the_base_in_float8_and_trains_the_loras_in_fp32(exemplars, tmp_path):
+    plain = make_trainer("wan", exemplars["wan"], tmp_path / "plain", steps=3)
+    fp8 = make_trainer("wan", exemplars["wan"], tmp_path / "fp8", steps=3, fp8_storage=True)
+    modules = dict(fp8.backend.transformer.named_modules())
+    assert modules["blocks.0.attn1.to_q"].get_base_layer().weight.dtype == torch.float8_e4m3fn
+    assert modules["blocks.0.ffn.net.2"].weight.dtype == torch.float8_e4m3fn
+    assert all(p.dtype == torch.float32 for p in fp8.params.values())
+    assert all(torch.equal(p, plain.params[n]) for n, p in fp8.params.items())     # the same init, not quantised
+    before = {n: p.detach().clone() for n, p in fp8.params.items()}
+    first = (plain.train_step()["loss"], fp8.train_step()["loss"])
+    assert first[1] == pytest.approx(first[0], rel=0.05)          # e4m3 keeps ~2 significant digits of each weight
+    fp8.train_step()
+    assert any(not torch.equal(p, before[n]) for n, p in fp8.params.items())
+    assert modules["blocks.0.attn1.to_q"].get_base_layer().weight.dtype == torch.float8_e4m3fn   # still stored so
