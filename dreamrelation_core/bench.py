@@ -122,7 +122,8 @@ def _write_json(result: dict, json_path) -> None:
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
         protocol: str | None = None, work=None, out=None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
-    `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations.
+    `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations;
+    `speed`: what the triplet costs over a plain LoRA, training and sampling (speed.py).
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
     that keeps each judged (relation, method), so that a rerun resumes; `out`: the markdown file for the figures
     (default `default_doc()`)."""
@@ -144,8 +145,18 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         markdown = quality.markdown(result)
     elif kind == "evaluator":
         return _evaluator(clips, json_path, progress, doc)
+    elif kind == "speed":
+        from . import speed
+
+        result = speed.benchmark(reps=3 if quick else 10, progress=progress)
+        markdown = speed.markdown(result)
+        print(markdown)
+        if not quick:
+            print(f"figures written to {write_section('speed', markdown, doc)}")
+        _write_json(result, json_path)
+        return result
     else:
-        raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base or quality")
+        raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base, quality or speed")
     print(markdown)
     if not quick:      # each protocol has its own section: the v1 tables stay as history
         section = kind if chosen.name == "v1" else f"{kind}_{chosen.name}"

@@ -176,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("kind", choices=["evaluator", "base", "quality"],
+    p.add_argument("kind", choices=["evaluator", "base", "quality", "speed"],
                    help="evaluator: the SynthRel evaluator on ground truth; base: the SynthRel base per relation; "
-                        "quality: DreamRelation vs. direct LoRA vs. ablations vs. base on held-out relations")
+                        "quality: DreamRelation vs. direct LoRA vs. ablations vs. base on held-out relations; "
+                        "speed: what the triplet costs over a plain LoRA (training and merged sampling)")
     p.add_argument("--clips", type=int, default=50, help="evaluator: clips per relation")
     p.add_argument("--quick", action="store_true", help="a fast mini run (not written to docs/benchmarks.md)")
     p.add_argument("--json", help="also write the figures as JSON here")

@@ -117,3 +117,23 @@ def test_figures_go_to_the_checkouts_docs_or_elsewhere_to_out(tmp_path, monkeypa
     bench.run("evaluator", out=tmp_path / "mine.md", progress=False)
     assert "| figures |" in (tmp_path / "mine.md").read_text()
     assert not (tmp_path / "site-packages").exists()
+
+
+def test_speed_benchmark_measures_its_ratios_side_by_side(tmp_path):
+    """`bench speed` (the CI smoke run): s/step of a DreamRelation and a plain LoRA step, of merged and base sampling,
+    and their ratios, printed, in --json and in the --out section."""
+    import json
+
+    from dreamrelation_core.cli import main
+
+    doc, out = tmp_path / "benchmarks.md", tmp_path / "speed.json"
+    assert main(["bench", "speed", "--json", str(out), "--out", str(doc)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cpu") and result["comfy_over_cli"] is None
+    (case,) = result["cases"].values()
+    for key in ("dreamrelation_step", "plain_lora_step", "merged_sampling_step", "base_sampling_step"):
+        assert 0 < case[key] < 10
+    assert case["triplet_over_plain"] == pytest.approx(case["dreamrelation_step"] / case["plain_lora_step"])
+    assert result["triplet_over_plain"] == case["triplet_over_plain"]
+    assert 0.5 < result["merged_sampling_over_base"] < 2.0              # no adapter is left after the merge
+    assert "<!-- bench:speed -->" in doc.read_text() and "triplet / plain" in doc.read_text()
