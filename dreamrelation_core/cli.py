@@ -8,9 +8,11 @@ from pathlib import Path
 
 
 def _train(args) -> int:
+    from . import distributed
     from .config import load_config
     from .trainer import RelationTrainer
 
+    distributed.init_from_env()             # under torchrun: data parallel over exemplars
     config = load_config(args.config)
     trainer = RelationTrainer.from_config(config, output_dir=args.out, overwrite=args.overwrite)
     if args.resume:

@@ -52,12 +52,17 @@ class RelationalContrastiveBank:
         self.negatives = deque(maxlen=negative_size)   # entries [C]
         self.rng = random.Random(seed)
 
-    def loss(self, output: torch.Tensor, push: bool = True) -> torch.Tensor:
+    def loss(self, output: torch.Tensor, push: bool = True, skip: tuple = (0, 0)) -> torch.Tensor:
         """RCL of a model output [B, C, f, h, w] (mean over samples), then (`push`) its features into the banks.
         A step of several forward passes pushes them all after the last (`push_features`), so that every pass of
-        the step sees the same banks, as one batch does."""
+        the step sees the same banks, as one batch does. `skip` (before, after): samples of the same pass that other
+        ranks compute, whose random draws are made here too so that every rank's sampling stays in step."""
         feats = frame_features(output)
+        for _ in range(skip[0]):
+            self._draw(feats.shape[1])
         losses = [self._sample_loss(s) for s in feats]
+        for _ in range(skip[1]):
+            self._draw(feats.shape[1])
         if push:
             self.push_features(feats)
         losses = [l for l in losses if l is not None]
@@ -69,18 +74,25 @@ class RelationalContrastiveBank:
             self.positives.append((s[1:] - s[:-1]).detach().cpu())
             self.negatives.extend(s.detach().cpu())
 
+    def _draw(self, frames: int) -> list:
+        """Per anchor of a sample with `frames` frames: (indices of its positives, indices of its bank negatives),
+        as the reference draws them (random.sample picks the same indices from a list as from its range)."""
+        if not self.positives:
+            return []
+        n_pos = min(self.n_pos, len(self.positives))
+        n_bank = min(max(self.n_neg - frames, 0), len(self.negatives))
+        return [(self.rng.sample(range(len(self.positives)), n_pos), self.rng.sample(range(len(self.negatives)), n_bank))
+                for _ in range(frames - 1)]
+
     def _sample_loss(self, spatial: torch.Tensor):
         if not self.positives:
             return None
         anchors = spatial[1:] - spatial[:-1]
-        frames = spatial.shape[0]
-        n_pos = min(self.n_pos, len(self.positives))
-        n_bank = min(max(self.n_neg - frames, 0), len(self.negatives))
         pos, neg = [], []
-        for i in range(anchors.shape[0]):
-            pos.append(torch.stack([e[i] for e in self.rng.sample(list(self.positives), n_pos)]))
-            extra = self.rng.sample(list(self.negatives), n_bank)
-            neg.append(torch.cat([spatial, torch.stack(extra).to(spatial)]) if extra else spatial)
+        for i, (positives, extra) in enumerate(self._draw(spatial.shape[0])):
+            pos.append(torch.stack([self.positives[k][i] for k in positives]))
+            neg.append(torch.cat([spatial, torch.stack([self.negatives[k] for k in extra]).to(spatial)])
+                       if extra else spatial)
         return relational_contrastive_loss(anchors, torch.stack(pos).to(spatial), torch.stack(neg), self.temperature)
 
     def state_dict(self) -> dict:

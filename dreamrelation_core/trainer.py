@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .archs import INFERENCE_ROLES, ROLES, Architecture
+from . import distributed
 from .checkpoints import (checkpoint_step, checkpoints, differing_settings, items_digest, latest_checkpoint,
                           run_settings, stale_checkpoints)
 from .config import RunConfig, config_to_dict
@@ -41,8 +42,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA if there is one, else the CPU; under torchrun each rank takes its own GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.active():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
@@ -191,6 +195,7 @@ class RelationTrainer:
         self.overwrite = overwrite
         self.step, self._saved_step, self._updating, self._stop_signal = 0, None, False, None
         self.pending_features = []
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         limit = getattr(backend, "max_batch", None)
         if limit is not None and t.batch_size > limit:
             raise ValueError(f"train.batch_size {t.batch_size}: this backend trains {limit} exemplar(s) per forward "
@@ -209,7 +214,12 @@ class RelationTrainer:
                                  expert=config.expert)
         base.to(device)
         cache = Path(config.data.cache_dir) if config.data.cache_dir else out / "cache"
-        items = items if items is not None else prepare_training_set(base, config.data, cache, progress)
+        if items is None:             # rank 0 encodes the exemplars into the cache; the other ranks then read it
+            if distributed.rank() == 0:
+                items = prepare_training_set(base, config.data, cache, progress)
+            distributed.barrier()
+            if items is None:
+                items = prepare_training_set(base, config.data, cache, progress=False)
         return cls(config, PeftBackend(base, config, device), items, out, progress, overwrite)
 
     # ---- one step -------------------------------------------------------------------------------------------
@@ -227,18 +237,21 @@ class RelationTrainer:
         return StepInputs(item, group, drop, sigma, noise, posterior_noise)
 
     def draw_step(self) -> list[list[StepInputs]]:
-        """The inputs of one optimiser step: `gradient_accumulation` batches of `batch_size` exemplars, all of the
-        step's group (hybrid mask training gates adapters per forward pass). Drawn exemplar by exemplar, so that a
-        batch of k and k accumulated passes of one draw the same."""
+        """The inputs of one optimiser step: `gradient_accumulation` passes of `batch_size` exemplars per rank
+        (all ranks' together), all of the step's group (hybrid mask training gates adapters per forward pass).
+        Drawn exemplar by exemplar, so that a batch of k, k accumulated passes of one and k ranks of one draw the
+        same."""
         t = self.config.train
+        per_pass = t.batch_size * self.world
         first = self.draw()
-        flat = [first] + [self.draw(first.group) for _ in range(t.batch_size * t.gradient_accumulation - 1)]
-        return [flat[k:k + t.batch_size] for k in range(0, len(flat), t.batch_size)]
+        flat = [first] + [self.draw(first.group) for _ in range(per_pass * t.gradient_accumulation - 1)]
+        return [flat[k:k + per_pass] for k in range(0, len(flat), per_pass)]
 
-    def loss(self, inputs, push: bool = True) -> tuple[torch.Tensor, dict]:
+    def loss(self, inputs, push: bool = True, skip: tuple = (0, 0)) -> tuple[torch.Tensor, dict]:
         """Forward with the drawn group's adapters on one batch (`inputs`: StepInputs, or a list sharing a group);
         returns (total loss, parts). Pushes RCL features to the banks unless `push` is False (then they wait in
-        `pending_features` for the end of the step)."""
+        `pending_features` for the end of the step). `skip`: the pass's samples before and after these that other
+        ranks compute (RelationalContrastiveBank.loss)."""
         batch = [inputs] if isinstance(inputs, StepInputs) else list(inputs)
         device, group = self.device, batch[0].group
         shapes = {tuple(s.item.latent_mean.shape) for s in batch}
@@ -263,7 +276,7 @@ class RelationTrainer:
             rec = hybrid_mask_loss(pred, target, mask, self.config.train.mask_weight)
         else:
             rec = hybrid_mask_loss(pred, target, torch.zeros_like(target[:, 0]), 0.0)
-        rcl = self.bank.loss(pred, push=push) if self.config.rcl.enabled else rec.new_zeros(())
+        rcl = self.bank.loss(pred, push=push, skip=skip) if self.config.rcl.enabled else rec.new_zeros(())
         if self.config.rcl.enabled and not push:
             self.pending_features.append(frame_features(pred).detach())
         total = rec + self.config.rcl.weight * rcl
@@ -277,22 +290,30 @@ class RelationTrainer:
         try:
             batches = self.draw_step()
             inputs = batches[0][0]
+            if self.world > 1 and len({tuple(s.item.latent_mean.shape) for b in batches for s in b}) > 1:
+                raise ValueError("data parallel training needs exemplars of one size and frame count (the ranks "
+                                 "exchange their contrastive features)")
             total, parts = 0.0, {}
+            size = self.config.train.batch_size
             for batch in batches:         # each pass's mean loss / passes: the mean over the step's exemplars
-                loss, batch_parts = self.loss(batch, push=False)
-                if not torch.isfinite(loss):
+                loss, batch_parts = self.loss(batch[self.rank * size:(self.rank + 1) * size], push=False,
+                                              skip=(self.rank * size, (self.world - self.rank - 1) * size))
+                if not distributed.all_true(bool(torch.isfinite(loss)), self.device):
                     raise NonFiniteLoss(f"the loss is {loss.item()} at step {self.step + 1} (group {inputs.group}, "
                                         f"σ {', '.join(f'{float(s.sigma):.3f}' for s in batch)})")
                 self.scaler.scale(loss / len(batches)).backward()
                 total += loss.item() / len(batches)
                 parts = {k: parts.get(k, 0.0) + v / len(batches) for k, v in batch_parts.items()}
             for feats in self.pending_features:
-                self.bank.push_features(feats)
+                self.bank.push_features(distributed.gather(feats))
             # The reference multiplies inactive LoRAs by zero, so AdamW still sees a zero gradient for them
             # (momentum and weight decay move them). We skip their compute but keep that optimiser behaviour.
             for p in self.params.values():
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
+            distributed.average_gradients(list(self.params.values()))
+            total, *values = distributed.mean([total, *parts.values()], self.device)
+            parts = dict(zip(parts, values))
             self.scaler.unscale_(self.optimizer)
             max_norm = self.config.train.max_grad_norm
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm or math.inf))
@@ -318,9 +339,10 @@ class RelationTrainer:
                   "item": inputs.item.name if len(drawn) == 1 else [s.item.name for s in drawn],
                   "sigma": float(inputs.sigma) if len(drawn) == 1 else [float(s.sigma) for s in drawn],
                   "loss": total, **parts, "grad_norm": grad_norm, "lr": lr}
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         return record
 
     def _random_state(self):
@@ -344,10 +366,13 @@ class RelationTrainer:
         """
         t = self.config.train
         end = min(t.steps, max_steps) if max_steps is not None else t.steps
-        if self.step == 0:
-            self._claim_output_folder()
-        self._truncate_log()
-        bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
+        if self.rank == 0:
+            if self.step == 0:
+                self._claim_output_folder()
+            self._truncate_log()
+        distributed.barrier()
+        bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress or self.rank != 0,
+                   dynamic_ncols=True)
         try:
             with self._deferred_signals():
                 while self.step < end:
@@ -419,16 +444,21 @@ class RelationTrainer:
         """Write the inference set (relation + ffn) in ComfyUI-native keys to `<output_dir>/<name>.safetensors`
         and the subject LoRAs beside it (`<name>.subjects.safetensors`, for experiments)."""
         path = Path(path or self.out / f"{self.config.name}.safetensors")
+        if self.rank != 0:            # rank 0 writes; the weights are the same on every rank
+            distributed.barrier()
+            return path
         captions = sorted({item.caption for item in self.items})
         info = {"caption": captions[0] if len(captions) == 1 else captions, "steps": self.step,
                 "base": self.backend.name, "expert": self.config.expert, "name": self.config.name}
         lora = self.backend.lora({role: self.config.lora.alpha_of(role) for role in ROLES}, info)
-        return save_lora_pair(path, lora)
+        path = save_lora_pair(path, lora)
+        distributed.barrier()
+        return path
 
     def preview(self, tag: str) -> list[Path]:
         """Sample the configured prompts with the inference set into `<output_dir>/samples` (if the backend can)."""
         s, d = self.config.sample, self.config.data
-        if not s.prompts or not hasattr(self.backend, "preview"):
+        if not s.prompts or not hasattr(self.backend, "preview") or self.rank != 0:
             return []
         return self.backend.preview(s.prompts, lambda k: self.out / "samples" / f"{tag}_{k}.mp4",
                                     s.frames or d.frames, s.height or d.height, s.width or d.width, s.steps, s.cfg,
@@ -440,7 +470,12 @@ class RelationTrainer:
         fingerprint); written to a temp folder, then renamed. The step's checkpoint if one is already saved."""
         root = self.out / "checkpoints"
         final = root / f"step_{self.step:06d}"
+        if self.rank != 0:            # rank 0 writes: every rank holds the same state
+            distributed.barrier()
+            self._saved_step = self.step
+            return final
         if self._saved_step == self.step and (final / "state.pt").is_file():
+            distributed.barrier()
             return final
         tmp = root / f".step_{self.step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -462,6 +497,7 @@ class RelationTrainer:
         self._saved_step = self.step
         for old in stale_checkpoints(self.out, self.step, self.config.train.keep_checkpoints):
             shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return final
 
     def resume(self, path) -> int:
