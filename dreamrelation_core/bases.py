@@ -202,7 +202,21 @@ def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch:
     _freeze(_cast(transformer, dtype))
     text, codec = _load_components(comp, architecture, transformer, dtype)
     _check_components(architecture, transformer, codec, text, str(folder))
-    return Base(arch=architecture, transformer=transformer, text_encoder=text, codec=codec, name=str(folder))
+    return Base(arch=architecture, transformer=transformer, text_encoder=text, codec=codec, name=str(folder),
+                sigma_range=_expert_sigma_range(folder, expert or "high_noise"))
+
+
+def _expert_sigma_range(folder: Path, expert: str) -> tuple | None:
+    """A Wan 2.2 two-expert folder: the σ range of `expert`, split at the pipeline's `boundary_ratio` (its
+    high-noise expert denoises σ ≥ boundary, where motion is decided; the low-noise one the rest). None for
+    single-transformer folders."""
+    index = folder / "model_index.json"
+    if not (folder / EXPERTS["low_noise"] / "config.json").is_file() or not index.is_file():
+        return None
+    boundary = _read_json(index).get("boundary_ratio")
+    if boundary is None:
+        return None
+    return (float(boundary), 1.0) if expert == "high_noise" else (0.0, float(boundary))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -231,6 +231,7 @@ class Base:
     text_encoder: TextEncoder
     codec: LatentCodec
     name: str
+    sigma_range: tuple | None = None     # the σ range this transformer denoises (a Wan 2.2 expert's); None: all
 
     def to(self, device) -> "Base":
         """Move transformer, VAE and text encoder (when it has weights) to `device`."""

@@ -37,8 +37,8 @@ class TrainConfig:
     hybrid_masks: bool = True          # False: all adapters every step, no mask weighting (ablation)
     subject_loras: bool = True         # False: the subject LoRAs never run (the paper's "w/o Subject LoRAs" ablation)
     sigma_shift: float = 1.0           # 1 = σ ~ U(0, 1) as the reference
-    sigma_min: float = 0.0             # train on σ ∈ [sigma_min, sigma_max] only (e.g. a Wan 2.2 expert's range)
-    sigma_max: float = 1.0
+    sigma_min: float | None = None     # train on σ ∈ [sigma_min, sigma_max] only; None: the base's range (a Wan 2.2
+    sigma_max: float | None = None     # expert's, split at its boundary_ratio), else 0 and 1
     seed: int = 0
     mixed_precision: str = "auto"      # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | no
     base_dtype: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
@@ -172,7 +172,8 @@ def _check_ranges(config: "RunConfig") -> None:
     if not _DEVICE.fullmatch(str(config.device)):
         raise ValueError(f"config key device: expected auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
     t = config.train
-    if not 0 <= t.sigma_min < t.sigma_max <= 1:
+    low, high = 0.0 if t.sigma_min is None else t.sigma_min, 1.0 if t.sigma_max is None else t.sigma_max
+    if not 0 <= low < high <= 1:
         raise ValueError(f"config keys train.sigma_min/sigma_max: expected 0 ≤ sigma_min < sigma_max ≤ 1, got "
                          f"{t.sigma_min} and {t.sigma_max}")
     if not 0 <= t.caption_dropout <= 1:

@@ -31,7 +31,7 @@ from .checkpoints import (checkpoint_step, checkpoints, differing_settings, item
                           run_settings, stale_checkpoints)
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
-from .flow import noisy_latents, train_sigmas, velocity_target
+from .flow import check_sigma_range, noisy_latents, train_sigmas, velocity_target
 from .files import atomic_write_many
 from .formats import RelationLora, file_digest, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, frame_features, hybrid_mask_loss
@@ -108,6 +108,7 @@ class PeftBackend:
 
     def __init__(self, base, config: RunConfig, device: torch.device):
         self.base, self.arch, self.device, self.name = base, base.arch, device, base.name
+        self.sigma_range = base.sigma_range
         t = config.train
         self.dtype = resolve_dtype(t.base_dtype, device)
         self.autocast_dtype = resolve_dtype(t.mixed_precision, device)
@@ -196,6 +197,9 @@ class RelationTrainer:
         self.step, self._saved_step, self._updating, self._stop_signal = 0, None, False, None
         self.pending_features = []
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        own = getattr(backend, "sigma_range", None) or (0.0, 1.0)        # a Wan 2.2 expert's, else all of [0, 1]
+        self.sigma_range = (own[0] if t.sigma_min is None else t.sigma_min, own[1] if t.sigma_max is None else t.sigma_max)
+        check_sigma_range(*self.sigma_range)
         limit = getattr(backend, "max_batch", None)
         if limit is not None and t.batch_size > limit:
             raise ValueError(f"train.batch_size {t.batch_size}: this backend trains {limit} exemplar(s) per forward "
@@ -230,7 +234,7 @@ class RelationTrainer:
         if group is ...:
             group = self.rng.choice(GROUPS) if t.hybrid_masks else None
         drop = self.rng.random() < t.caption_dropout
-        sigma = train_sigmas(1, self.generator, t.sigma_shift, t.sigma_min, t.sigma_max)
+        sigma = train_sigmas(1, self.generator, t.sigma_shift, *self.sigma_range)
         shape = (1, *item.latent_mean.shape)
         noise = torch.randn(shape, generator=self.generator)
         posterior_noise = torch.randn(shape, generator=self.generator)

@@ -542,8 +542,12 @@ def test_wan22_expert_selects_the_transformer_subfolder(folders, tmp_path):
     shutil.copytree(folders["wan"], folder)
     low = build_tiny("wan", seed=7).transformer
     low.save_pretrained(folder / "transformer_2")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "boundary_ratio": 0.875}))
     high_base = load_base(str(folder), expert="high_noise")
     low_base = load_base(str(folder), expert="low_noise")
+    assert high_base.sigma_range == (0.875, 1.0) and low_base.sigma_range == (0.0, 0.875)   # where each denoises
+    assert load_base(str(folders["wan"])).sigma_range is None
     assert _state_equal(low_base.transformer, low)
     assert _state_equal(high_base.transformer, load_base(str(folders["wan"])).transformer)
     with pytest.raises(ValueError, match="transformer_2"):

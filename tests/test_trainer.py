@@ -215,3 +215,20 @@ def test_fp8_storage_keeps_the_base_in_float8_and_trains_the_loras_in_fp32(exemp
     fp8.train_step()
     assert any(not torch.equal(p, before[n]) for n, p in fp8.params.items())
     assert modules["blocks.0.attn1.to_q"].get_base_layer().weight.dtype == torch.float8_e4m3fn   # still stored so
+
+
+def test_a_wan22_expert_trains_on_its_own_noise_range_unless_told_otherwise(exemplars, tmp_path):
+    """The high-noise expert of Wan 2.2 A14B (where motion is decided) draws σ from its boundary up by default."""
+    base = build_tiny("wan")
+    base.sigma_range = (0.875, 1.0)
+    config = make_config("wan", exemplars["wan"], tmp_path / "expert")
+    expert = RelationTrainer.from_config(config, base=base, progress=False)
+    assert expert.sigma_range == (0.875, 1.0)
+    assert all(0.875 <= float(expert.draw().sigma) <= 1.0 for _ in range(50))
+    told = make_config("wan", exemplars["wan"], tmp_path / "told", sigma_min=0.5)
+    assert RelationTrainer.from_config(told, base=build_tiny("wan"), progress=False).sigma_range == (0.5, 1.0)
+    low = build_tiny("wan")
+    low.sigma_range = (0.0, 0.875)
+    with pytest.raises(ValueError, match="sigma range must satisfy"):
+        RelationTrainer.from_config(make_config("wan", exemplars["wan"], tmp_path / "bad", sigma_min=0.9), base=low,
+                                    progress=False)
