@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 1                # exemplars per forward pass (the reference: 1); they share the step's group
     fp8_storage: bool = False          # frozen base weights stored in float8 (e4m3), each layer computed in base_dtype
     offload_activations: bool = False  # keep the activations saved for the backward pass on the CPU
+    compile: bool = False              # torch.compile each transformer block (compiled once per adapter group)
     gradient_accumulation: int = 1     # forward passes per optimiser step: batch_size · this exemplars a step
 
 

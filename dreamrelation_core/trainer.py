@@ -124,6 +124,9 @@ class PeftBackend:
         self._params = lora_parameters(self.transformer)
         if t.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
             self.transformer.enable_gradient_checkpointing()
+        if t.compile:                 # block by block: small graphs, and the checkpointed blocks stay as they are
+            for block in getattr(self.transformer, self.arch.diffusers_blocks):
+                block.compile()
         self.transformer.train()
         text, mask = base.null_text(1)
         self.null_text = (text[0], mask[0])      # one caption: [L, D], [L], like TrainingItem.text
