@@ -247,6 +247,29 @@ MOCHI = Architecture(
     comfy_model_class="GenmoMochi",
 )
 
+# Wan 2.2 TI2V-5B (text-to-video here): the Wan transformer at width 3072 on the Wan 2.2 VAE, 48 latent channels at
+# 4×16×16 (its 2×2 patchify inside the VAE). The same modules and native names as Wan 2.1: the triplet, its
+# placements and its LoRA files carry over; ComfyUI loads it as `WAN22`. The low-VRAM Wan target.
+WAN22_5B = replace(
+    WAN,
+    name="wan22-5b",
+    spatial_ratio=16,
+    latent_channels=48,
+    sample_shift=5.0,
+    fps=24,
+    default_frames=121,
+    default_size=(704, 1280),
+    tiny_transformer=dict(WAN.tiny_transformer, in_channels=48, out_channels=48),
+    loading=replace(
+        WAN.loading,
+        tiny_vae=dict(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                      temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                      patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48),
+        templates={None: "wan2.2-ti2v-5b"},
+    ),
+    comfy_model_class="WAN22",
+)
+
 # The SynthRel toy base: a real Wan transformer at tiny size on a fixed invertible pixel<->latent map (2×2
 # space-to-depth, no temporal compression) of 9-frame 32×32 clips, with a hashed-word text encoder
 # (synthrel/base.py). The model predicts the clean latent (x-prediction, as JiT): a velocity-predicting base has to
@@ -277,8 +300,18 @@ SYNTHREL = replace(
 )
 
 # Real model families (loadable from diffusers folders and checkpoint files), and every architecture by name.
-MODEL_FAMILIES = {a.name: a for a in (WAN, MOCHI)}
+# Wan 2.2 5B first: ComfyUI's WAN22 is a subclass of WAN21, and single files and folders are told apart by their
+# latent channels (`family_of`).
+MODEL_FAMILIES = {a.name: a for a in (WAN22_5B, WAN, MOCHI)}
 ARCHITECTURES = {**MODEL_FAMILIES, SYNTHREL.name: SYNTHREL}
+
+
+def family_of(transformer_class: str, in_channels: int | None = None) -> Architecture | None:
+    """The model family of a diffusers transformer class, told apart by its latent channels where one class serves
+    several (Wan 2.1 / 2.2 A14B: 16, Wan 2.2 TI2V-5B: 48; unknown channels: the last listed, Wan 2.1); None when
+    the class is unknown."""
+    found = [a for a in MODEL_FAMILIES.values() if a.transformer_class == transformer_class]
+    return next((a for a in found if a.latent_channels == in_channels), found[-1] if found else None)
 
 
 def get_architecture(name: str) -> Architecture:

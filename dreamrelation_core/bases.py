@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import conversion
-from .archs import MODEL_FAMILIES, Architecture, get_architecture
+from .archs import MODEL_FAMILIES, Architecture, family_of, get_architecture
 from .components import TINY_TEXT_LENGTH, Base, HashTextEncoder, LatentCodec, T5TextEncoder, TextEncoder
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -27,7 +27,6 @@ _VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLMochi")
 _TEXT_MODEL_CLASSES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}   # by text_encoder/config.json model_type
 
 
-_CLASS_TO_ARCH = {a.transformer_class: a for a in MODEL_FAMILIES.values()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -70,9 +69,10 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def _resolve_arch(class_name: str | None, arch: str | None, where: str) -> Architecture:
-    """The Architecture named by `arch`, checked against the transformer class `class_name` when both are known."""
-    detected = _CLASS_TO_ARCH.get(class_name) if class_name else None
+def _resolve_arch(class_name: str | None, arch: str | None, where: str, in_channels: int | None = None) -> Architecture:
+    """The Architecture named by `arch`, checked against the transformer class `class_name` (and its latent
+    channels) when both are known."""
+    detected = family_of(class_name, in_channels) if class_name else None
     if arch is not None:
         chosen = get_architecture(arch)
         if detected is not None and detected is not chosen:
@@ -81,7 +81,8 @@ def _resolve_arch(class_name: str | None, arch: str | None, where: str) -> Archi
         return chosen
     if detected is None:
         raise ValueError(f"{where}: cannot tell the architecture from transformer class {class_name!r}; expected one "
-                         f"of {sorted(_CLASS_TO_ARCH)} or pass arch= (one of {sorted(MODEL_FAMILIES)})")
+                         f"of {sorted({a.transformer_class for a in MODEL_FAMILIES.values()})} or pass arch= (one of "
+                         f"{sorted(MODEL_FAMILIES)})")
     return detected
 
 
@@ -192,7 +193,8 @@ def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch:
         raise ValueError(f"{str(folder)!r} is neither a diffusers pipeline folder (transformer/config.json) nor a "
                          "diffusers transformer folder (config.json)")
     class_name = _read_json(transformer_dir / "config.json").get("_class_name")
-    architecture = _resolve_arch(class_name, arch, str(transformer_dir))
+    architecture = _resolve_arch(class_name, arch, str(transformer_dir),
+                                 _read_json(transformer_dir / "config.json").get("in_channels"))
     comp = Path(components).expanduser() if components is not None else default_components
     if comp is None:
         raise ValueError(f"{str(folder)!r} holds only a transformer; pass components= a diffusers pipeline folder "
@@ -235,14 +237,16 @@ def _single_file_header(path: Path) -> dict:
 
 def _detect_layout(path: Path, shapes: dict) -> tuple[str, str]:
     """(architecture name, key prefix) of an original-layout transformer checkpoint, or a ValueError naming the file."""
-    for name, family in ((n, a.loading) for n, a in MODEL_FAMILIES.items()):
+    for candidate in MODEL_FAMILIES.values():
+        family = candidate.loading
         for key in shapes:
             if key.endswith(family.marker) and (key == family.marker or key[-len(family.marker) - 1] == "."):
                 prefix = key[: -len(family.marker)]
                 for fragment, why in family.unsupported.items():
                     if any(k.startswith(prefix + fragment) for k in shapes):
                         raise ValueError(f"{path}: {why}")
-                return name, prefix
+                in_channels = shapes.get(prefix + family.dim_key, [None, None])[1]      # [dim, in_channels, ...]
+                return family_of(candidate.transformer_class, in_channels).name, prefix
     sample = sorted(shapes)[:5]
     diffusers_like = any(".attn1.to_q." in k for k in shapes)
     hint = (" These look like diffusers-format keys: load the diffusers folder (with its config.json) instead."
@@ -290,7 +294,8 @@ def _load_single_file(path: Path, components: str | None, dtype: torch.dtype, ar
                          "vae/, text_encoder/ and tokenizer/ (its transformer/ is not used)")
     shapes = {k: v for k, v in _single_file_header(path).items() if not conversion.is_scale_key(k)}
     name, prefix = _detect_layout(path, shapes)
-    architecture = _resolve_arch(get_architecture(name).transformer_class, arch, str(path))
+    architecture = _resolve_arch(get_architecture(name).transformer_class, arch, str(path),
+                                 get_architecture(name).latent_channels)
     shapes = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     try:
         config = _single_file_config(path, architecture, shapes, config_overrides)

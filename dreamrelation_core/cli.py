@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert between LoRA layouts / import an official DreamRelation checkpoint")
     p.add_argument("input", help="our .safetensors (any layout) or an official model_N.lora.pt")
     p.add_argument("output")
-    p.add_argument("--arch", choices=["mochi", "wan"], help="expected architecture (checked)")
+    p.add_argument("--arch", choices=["mochi", "wan", "wan22-5b"], help="expected architecture (checked)")
     p.add_argument("--to", choices=["comfyui", "diffusers"], default="comfyui")
     p.add_argument("--subjects", action="store_true", help="also write <output>.subjects.safetensors")
     p.set_defaults(func=_convert)

@@ -32,7 +32,10 @@ def native_architecture(model_patcher):
         return get_architecture(tagged)
     for cls, arch in NATIVE_ARCHITECTURES:
         if isinstance(model, cls):
-            if getattr(model, "image_to_video", False) or getattr(model, "concat_keys", ()):
+            # Wan 2.2 TI2V-5B is flagged image_to_video, but takes its image through the denoise mask: without one it
+            # is a text-to-video model. Wan 2.1 I2V models concatenate image latents to their input.
+            i2v = getattr(model, "image_to_video", False) and arch.name != "wan22-5b"
+            if i2v or getattr(model, "concat_keys", ()):
                 raise ValueError("MODEL is an image-to-video model; DreamRelation trains text-to-video Wan or Mochi")
             return arch
     raise ValueError(f"MODEL is a {type(model).__name__}; DreamRelation trains native Wan 2.1/2.2 (text-to-video) "

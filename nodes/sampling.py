@@ -11,8 +11,9 @@ from comfy_api.latest import io
 from .comfy_backend import native_architecture
 from .common import CATEGORY, MAX_RESOLUTION
 
-# Each family's own sampling schedule (docs/method.md, "Flow matching conventions"): Mochi linear-quadratic, Wan the model's shifted schedule.
-SCHEDULERS = {"mochi": "linear_quadratic", "wan": "simple", "synthrel": "simple"}
+# ComfyUI's scheduler for each family's own sampling schedule (`Architecture.sample_schedule`; docs/method.md,
+# "Flow matching conventions"): Mochi linear-quadratic, Wan the model's shifted schedule.
+SCHEDULERS = {"linear_quadratic": "linear_quadratic", "shifted": "simple"}
 
 
 def empty_latent(model, arch, length: int, height: int, width: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ class RelationSample(io.ComfyNode):
         arch = native_architecture(model)
         latent = empty_latent(model, arch, length, height, width)
         noise = comfy.sample.prepare_noise(latent, seed)
-        samples = comfy.sample.sample(model, noise, steps, cfg, "euler", SCHEDULERS[arch.name], positive, negative,
+        samples = comfy.sample.sample(model, noise, steps, cfg, "euler", SCHEDULERS[arch.sample_schedule], positive, negative,
                                       latent, seed=seed)
         images = vae.decode(samples)
         return io.NodeOutput(images.reshape(-1, *images.shape[-3:]))

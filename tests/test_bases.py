@@ -36,7 +36,7 @@ def _digest(base: Base) -> str:
 # Tiny bases
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["wan", "mochi"])
+@pytest.fixture(scope="module", params=["wan", "mochi", "wan22-5b"])
 def tiny(request) -> Base:
     return load_base(f"tiny-{request.param}")
 
@@ -87,7 +87,8 @@ def test_tiny_codec_shapes(tiny, frames, size):
         frames = 1 + r * ((frames - 1) // r)
     video = torch.rand(1, 3, frames, size, size) * 2 - 1
     mean, std = tiny.codec.encode(video)
-    expected = (1, tiny.arch.latent_channels, (frames - 1) // r + 1, size // 8, size // 8)
+    s = tiny.arch.spatial_ratio
+    expected = (1, tiny.arch.latent_channels, (frames - 1) // r + 1, size // s, size // s)
     assert mean.shape == expected and std.shape == expected
     assert mean.dtype == torch.float32 and (std > 0).all()
     video_out = tiny.codec.decode(mean)
@@ -190,7 +191,8 @@ def test_hash_text_encoder_neighbour_context_binds_attributes():
 
 WORDS = "a an the dog cat man woman chases shakes hands with two people ball kicks runs".split()
 TEXT = {"wan": ("UMT5EncoderModel", "UMT5Config", "WanPipeline"),
-        "mochi": ("T5EncoderModel", "T5Config", "MochiPipeline")}
+        "mochi": ("T5EncoderModel", "T5Config", "MochiPipeline"),
+        "wan22-5b": ("UMT5EncoderModel", "UMT5Config", "WanPipeline")}
 
 
 def _save_tokenizer(folder: Path) -> None:
@@ -229,7 +231,7 @@ def _write_pipeline(folder: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("pipelines")
-    return {name: _write_pipeline(root / name, name) for name in ("wan", "mochi")}
+    return {name: _write_pipeline(root / name, name) for name in ("wan", "mochi", "wan22-5b")}
 
 
 def _reference_pipeline(base: Base):
@@ -585,3 +587,25 @@ def test_single_file_scaled_fp8_loads_dequantised(folders, tmp_path):
     q = "blocks.0.attn1.to_q.weight"
     assert not torch.equal(got[q], model.state_dict()[q]) and torch.allclose(got[q], model.state_dict()[q],
                                                                               rtol=0.07, atol=1e-3)
+
+
+def test_wan22_5b_is_told_from_wan21_by_its_latent_channels(folders, tmp_path):
+    """Wan 2.2 TI2V-5B shares Wan 2.1's transformer class: folders and single files are told apart by the 48 latent
+    channels, and its Wan 2.2 VAE is 4×16×16."""
+    from dreamrelation_core.archs import WAN22_5B
+
+    base = load_base(str(folders["wan22-5b"]))
+    assert base.arch is WAN22_5B and base.codec.latent_channels == 48 and base.codec.spatial_ratio == 16
+    assert load_base(str(folders["wan"])).arch is WAN
+    mean, _ = base.codec.encode(torch.rand(1, 3, 9, 64, 64) * 2 - 1)
+    assert mean.shape == (1, 48, 3, 4, 4)
+    model = _random_model("WanTransformer3DModel", {**WAN_FILE_CONFIG, "in_channels": 48, "out_channels": 48}, 5)
+    path = tmp_path / "wan22_5b.safetensors"
+    save_file(_wan_original(model.state_dict()), str(path))
+    single = load_base(str(path), components=str(folders["wan22-5b"]),
+                       config_overrides={"attention_head_dim": 16, "rope_max_seq_len": 64})
+    assert single.arch is WAN22_5B and single.transformer.config.in_channels == 48
+    with pytest.raises(ValueError, match="architecture 'wan22-5b'"):
+        load_base(str(folders["wan22-5b"]), arch="wan")
+    with pytest.raises(ValueError, match="needs"):               # a 2.1 VAE under a 5B transformer is refused
+        load_base(str(path), components=str(folders["wan"]), config_overrides={"attention_head_dim": 16})

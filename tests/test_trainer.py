@@ -242,3 +242,20 @@ def test_compiled_blocks_train_as_eager(exemplars, tmp_path):
     for _ in range(3):
         assert compiled.train_step()["loss"] == pytest.approx(eager.train_step()["loss"], rel=1e-4)
     assert all(torch.allclose(p, compiled.params[n], atol=1e-5) for n, p in eager.params.items())
+
+
+def test_wan22_5b_trains_and_saves_a_lora_stock_comfyui_maps(tmp_path):
+    """Wan 2.2 TI2V-5B: 48-channel latents at 4×16×16; the same modules as Wan 2.1, so the same native LoRA keys."""
+    from dreamrelation_core.formats import comfyui_unmapped_keys, load_lora, read_safetensors
+
+    videos = write_exemplars(tmp_path / "exemplars", "approaches", 2, PAIRS, frames=9, size=(64, 64))
+    config = RunConfig(base="tiny-wan22-5b", name="rel", output_dir=str(tmp_path / "out"), device="cpu",
+                       data=DataConfig(videos=str(videos), frames=9, height=64, width=64),
+                       lora=TripletConfig(rank=4, alpha=4), train=TrainConfig(steps=2, warmup_steps=0),
+                       rcl=RCLConfig(n_pos=2, n_neg=4))
+    trainer = RelationTrainer.from_config(config, progress=False)
+    assert trainer.items[0].latent_mean.shape == (48, 3, 4, 4) and trainer.arch.name == "wan22-5b"
+    path = trainer.train()
+    tensors, _ = read_safetensors(path)
+    assert load_lora(path).arch == "wan22-5b" and not comfyui_unmapped_keys(tensors, trainer.arch)
+    assert any(k.startswith("diffusion_model.blocks.0.self_attn.q.lora_A") for k in tensors)

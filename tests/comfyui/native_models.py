@@ -17,10 +17,16 @@ MOCHI_NATIVE = dict(image_model="mochi_preview", depth=2, patch_size=2, num_head
                     timestep_scale=1000.0, use_t5=True, t5_feat_dim=32, t5_token_length=16, rope_theta=10000.0)
 
 
+# Wan 2.2 TI2V-5B: the Wan model at 48 latent channels (ComfyUI's WAN22, latent format Wan22).
+WAN22_5B_NATIVE = dict(WAN_NATIVE, in_dim=48, out_dim=48)
+
+
 def native_model(comfy, arch: str, seed: int = 0, **sizes):
-    """A ModelPatcher around a freshly initialised native Wan 2.1 T2V or Mochi model on the CPU, fp32."""
-    config_class, unet_config = ((comfy.supported_models.WAN21_T2V, WAN_NATIVE) if arch == "wan"
-                                 else (comfy.supported_models.GenmoMochi, MOCHI_NATIVE))
+    """A ModelPatcher around a freshly initialised native Wan 2.1 T2V, Wan 2.2 TI2V-5B or Mochi model on the CPU,
+    fp32."""
+    config_class, unet_config = {"wan": (comfy.supported_models.WAN21_T2V, WAN_NATIVE),
+                                 "wan22-5b": (comfy.supported_models.WAN22_T2V, WAN22_5B_NATIVE),
+                                 "mochi": (comfy.supported_models.GenmoMochi, MOCHI_NATIVE)}[arch]
     model_config = config_class(dict(unet_config, **sizes))
     model_config.set_inference_dtype(torch.float32, None)
     with torch.random.fork_rng(devices=[]):

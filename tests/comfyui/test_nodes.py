@@ -319,3 +319,21 @@ def test_comfyuis_own_nodes_module_is_not_shadowed_by_the_pack(pack):
 
     assert Path(nodes.__file__).resolve() == (Path(COMFYUI_PATH) / "nodes.py").resolve()
     assert str(ROOT) not in sys.path and pack["nodes"].__name__ == "dreamrelation_pack.nodes"
+
+
+def test_train_node_on_native_wan22_5b(pack, comfy):
+    """ComfyUI's Wan 2.2 TI2V-5B model (WAN22, flagged image-to-video, 48 latent channels at 16×) trains as
+    text-to-video; its LoRA has Wan's native keys and stock ComfyUI applies it."""
+    nodes = pack["nodes"]
+    model = native_model(comfy, "wan22-5b")
+    assert model.model.image_to_video and pack["backend"].native_architecture(model).name == "wan22-5b"
+    exemplars = toy_exemplars(nodes, size=64)
+    out = nodes.TrainRelationTriplet.execute(model, FakeClip(), FakeVae("wan22-5b"), exemplars, "wan22_relation", 2,
+                                             5e-3, 4, 4.0, 64, 64, 9, 50.0, 0.01, 0, 0, False, True)
+    with safe_open(out.result[1], "pt") as f:
+        keys = set(f.keys())
+        meta = json.loads(f.metadata()["dreamrelation"])
+    assert meta["arch"] == "wan22-5b" and "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys
+    stock, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(out.result[1]), 1.0, 0)
+    stock.patch_model()
+    stock.unpatch_model()
