@@ -52,6 +52,7 @@ class TrainConfig:
     fp8_storage: bool = False          # frozen base weights stored in float8 (e4m3), each layer computed in base_dtype
     offload_activations: bool = False  # keep the activations saved for the backward pass on the CPU
     compile: bool = False              # torch.compile each transformer block (compiled once per adapter group)
+    block_swap: int = 0                # the last N blocks keep their frozen weights in CPU memory, copied in per use
     gradient_accumulation: int = 1     # forward passes per optimiser step: batch_size · this exemplars a step
 
 
@@ -150,7 +151,8 @@ def _typed(value, annotation: str, key: str):
 # Values that must be positive (or at least zero) wherever they are set.
 _POSITIVE = {"train.max_grad_norm", "train.steps", "train.learning_rate", "train.keep_checkpoints", "lora.rank",
              "lora.alpha", "train.batch_size", "train.gradient_accumulation"}
-_NON_NEGATIVE = {"data.fps", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight"}
+_NON_NEGATIVE = {"data.fps", "train.warmup_steps", "train.checkpoint_every", "train.mask_weight", "sample.every", "rcl.weight",
+                 "train.block_swap"}
 
 
 _CHOICES = {"train.mixed_precision": ("auto", "bf16", "fp16", "fp32", "no"),
@@ -177,6 +179,9 @@ def _check_ranges(config: "RunConfig") -> None:
     if not 0 <= low < high <= 1:
         raise ValueError(f"config keys train.sigma_min/sigma_max: expected 0 ≤ sigma_min < sigma_max ≤ 1, got "
                          f"{t.sigma_min} and {t.sigma_max}")
+    if t.block_swap and t.compile:
+        raise ValueError("config keys train.block_swap and train.compile: choose one (compiled blocks would trace "
+                         "the weight copies)")
     if not 0 <= t.caption_dropout <= 1:
         raise ValueError(f"config key train.caption_dropout: expected a probability in [0, 1], got {t.caption_dropout}")
 

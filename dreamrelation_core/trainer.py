@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .archs import INFERENCE_ROLES, ROLES, Architecture
 from . import distributed
+from .blockswap import BlockSwap
 from .checkpoints import (checkpoint_step, checkpoints, differing_settings, items_digest, latest_checkpoint,
                           run_settings, stale_checkpoints)
 from .config import RunConfig, config_to_dict
@@ -127,6 +128,8 @@ class PeftBackend:
         if t.compile:                 # block by block: small graphs, and the checkpointed blocks stay as they are
             for block in getattr(self.transformer, self.arch.diffusers_blocks):
                 block.compile()
+        self.block_swap = (BlockSwap(getattr(self.transformer, self.arch.diffusers_blocks), t.block_swap, device)
+                           if t.block_swap else None)
         self.transformer.train()
         text, mask = base.null_text(1)
         self.null_text = (text[0], mask[0])      # one caption: [L, D], [L], like TrainingItem.text

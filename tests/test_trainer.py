@@ -259,3 +259,28 @@ def test_wan22_5b_trains_and_saves_a_lora_stock_comfyui_maps(tmp_path):
     tensors, _ = read_safetensors(path)
     assert load_lora(path).arch == "wan22-5b" and not comfyui_unmapped_keys(tensors, trainer.arch)
     assert any(k.startswith("diffusion_model.blocks.0.self_attn.q.lora_A") for k in tensors)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_block_swap_trains_exactly_as_without(exemplars, tmp_path, checkpointing):
+    """Swapped blocks hold no weights of their own (so every forward pass, the backward pass's recomputation
+    included, runs on the copies) and train exactly as the plain model."""
+    plain = make_trainer("wan", exemplars["wan"], tmp_path / "plain", steps=3, gradient_checkpointing=checkpointing)
+    swapped = make_trainer("wan", exemplars["wan"], tmp_path / "swap", steps=3, block_swap=2,
+                           gradient_checkpointing=checkpointing)
+    q = dict(swapped.backend.transformer.named_modules())["blocks.1.attn1.to_q"]
+    assert q.get_base_layer().weight.numel() == 0 and q.lora_A["relation"].weight.numel() > 0
+    for _ in range(3):
+        assert swapped.train_step()["loss"] == pytest.approx(plain.train_step()["loss"], rel=1e-6)
+    assert all(torch.allclose(p, swapped.params[n], atol=1e-6) for n, p in plain.params.items())
+    with pytest.raises(ValueError, match="block_swap 3: the transformer has 2 blocks"):
+        make_trainer("wan", exemplars["wan"], tmp_path / "bad", block_swap=3)
+
+
+def test_block_swap_streams_fp8_weights(exemplars, tmp_path):
+    """With fp8 storage the swapped blocks' CPU copies stay in float8 (half the bytes to copy) and train as fp8 alone."""
+    fp8 = make_trainer("wan", exemplars["wan"], tmp_path / "fp8", steps=2, fp8_storage=True)
+    both = make_trainer("wan", exemplars["wan"], tmp_path / "both", steps=2, fp8_storage=True, block_swap=1)
+    assert both.backend.block_swap.host[0]["attn1.to_q.base_layer.weight"].dtype == torch.float8_e4m3fn
+    for _ in range(2):
+        assert both.train_step()["loss"] == pytest.approx(fp8.train_step()["loss"], rel=1e-6)
