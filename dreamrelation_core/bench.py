@@ -120,7 +120,7 @@ def _write_json(result: dict, json_path) -> None:
 
 
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
-        protocol: str | None = None, work=None, out=None) -> dict:
+        protocol: str | None = None, work=None, out=None, suite: str = "cpu") -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations;
     `speed`: what the triplet costs over a plain LoRA, training and sampling (speed.py).
@@ -148,11 +148,11 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
     elif kind == "speed":
         from . import speed
 
-        result = speed.benchmark(reps=3 if quick else 10, progress=progress)
+        result = speed.benchmark(reps=3 if quick else (10 if suite == "cpu" else 3), suite=suite, progress=progress)
         markdown = speed.markdown(result)
         print(markdown)
         if not quick:
-            print(f"figures written to {write_section('speed', markdown, doc)}")
+            print(f"figures written to {write_section('speed' if suite == 'cpu' else 'speed_gpu', markdown, doc)}")
         _write_json(result, json_path)
         return result
     else:

@@ -89,7 +89,7 @@ def _bench(args) -> int:
     from .bench import run
 
     run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work,
-        out=args.out)
+        out=args.out, suite=args.suite)
     return 0
 
 
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "quality: DreamRelation vs. direct LoRA vs. ablations vs. base on held-out relations; "
                         "speed: what the triplet costs over a plain LoRA (training and merged sampling)")
     p.add_argument("--clips", type=int, default=50, help="evaluator: clips per relation")
+    p.add_argument("--suite", choices=("cpu", "gpu"), default="cpu",
+                   help="speed: cpu (a smoke run, under a minute) or gpu (real sizes, random weights, on CUDA)")
     p.add_argument("--quick", action="store_true", help="a fast mini run (not written to docs/benchmarks.md)")
     p.add_argument("--json", help="also write the figures as JSON here")
     p.add_argument("--out", help="markdown file for the figures (default: docs/benchmarks.md in a checkout, else "

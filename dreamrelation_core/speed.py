@@ -11,7 +11,6 @@ The default case is the SynthRel transformer on its own clip (a CPU smoke run, u
 """
 from __future__ import annotations
 
-import copy
 import platform
 import statistics
 import tempfile
@@ -43,6 +42,40 @@ def _synthrel_case() -> SpeedCase:
                      (SYNTHREL.latent_channels, frames, height // 2, width // 2), SYNTHREL.text_max_length)
 
 
+def _template(name: str) -> dict:
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).resolve().parent / "configs" / name / "config.json").read_text())
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _latent(arch_name: str, frames: int, height: int, width: int) -> tuple:
+    arch = ARCHITECTURES[arch_name]
+    return (arch.latent_channels, arch.latent_frames(frames), height // arch.spatial_ratio,
+            width // arch.spatial_ratio)
+
+
+def gpu_cases() -> list[SpeedCase]:
+    """`--suite gpu`: real sizes, random weights (issue 16's targets). Each memory option of a model is a case."""
+    wan13 = dict(arch="wan", transformer=_template("wan2.1-t2v-1.3b"), latent=_latent("wan", 81, 480, 832),
+                 text_length=512)
+    wan14 = dict(arch="wan", transformer=_template("wan2.1-t2v-14b"), latent=_latent("wan", 81, 480, 832),
+                 text_length=512)
+    mochi = dict(arch="mochi", transformer=_template("mochi-1-preview"), latent=_latent("mochi", 61, 480, 848),
+                 text_length=256)
+    return [
+        SpeedCase("Wan2.1-1.3B 81×480×832, checkpointing", **wan13),
+        SpeedCase("Wan2.1-1.3B 81×480×832, no checkpointing", **wan13, train={"gradient_checkpointing": False}),
+        SpeedCase("Wan2.1-1.3B 81×480×832, fp8", **wan13, train={"fp8_storage": True}),
+        SpeedCase("Mochi 61×480×848, checkpointing", **mochi),
+        SpeedCase("Mochi 61×480×848, fp8 + activation offload", **mochi,
+                  train={"fp8_storage": True, "offload_activations": True}),
+        SpeedCase("Mochi 61×480×848, fp8 + block swap 24", **mochi, train={"fp8_storage": True, "block_swap": 24}),
+        SpeedCase("Wan2.1-14B 81×480×832, fp8 + block swap 30", **wan14, train={"fp8_storage": True, "block_swap": 30}),
+    ]
+
+
 def _items(case: SpeedCase, text_dim: int, count: int = 2, seed: int = 0):
     from .data import TrainingItem
 
@@ -59,75 +92,111 @@ def _items(case: SpeedCase, text_dim: int, count: int = 2, seed: int = 0):
     return items
 
 
-def _interleaved(steps: dict, reps: int, warmup: int = 2) -> dict:
-    """name -> median seconds of `steps[name]()`, the steps run in turn `reps` times after `warmup` rounds."""
-    times = {name: [] for name in steps}
-    for round_ in range(warmup + reps):
-        for name, step in steps.items():
+def _timed(steps: dict, reps: int, warmup: int, device: torch.device, interleave: bool) -> dict:
+    """name -> (median seconds, peak GPU bytes or None) of `steps[name]()` after `warmup` calls each. Interleaved
+    (A, B, A, B, …: on the CPU, whose load changes under a run) or one after the other (on a GPU)."""
+    cuda = device.type == "cuda"
+    times, peaks = {name: [] for name in steps}, {name: None for name in steps}
+    rounds = ([list(steps)] * (warmup + reps) if interleave
+              else [[name] for name in steps for _ in range(warmup + reps)])
+    for names in rounds:
+        for name in names:
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            step()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            steps[name]()
+            if cuda:
+                torch.cuda.synchronize(device)
+                peaks[name] = max(peaks[name] or 0, torch.cuda.max_memory_allocated(device))
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t[warmup:]), peaks[name]) for name, t in times.items()}
 
 
-def measure(case: SpeedCase, reps: int = 10, device: str = "cpu", progress: bool = False) -> dict:
-    """Seconds per step of a DreamRelation step and a plain LoRA step, and of a merged and a base sampling step,
-    on `case` (random weights); their ratios."""
+def _random_transformer(arch, config: dict, device, dtype, seed: int = 0):
+    """A transformer of `config` with random weights made on `device` in `dtype` (no CPU copy of a real-size
+    model): matrices N(0, 0.02), norm scales 1, biases 0; buffers (RoPE tables) as the class computes them."""
     import diffusers
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = getattr(diffusers, arch.transformer_class)(**config)
+    g = torch.Generator(device=device).manual_seed(seed)
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            t = torch.empty(p.shape, device=device, dtype=dtype)
+            if p.ndim >= 2:
+                t.normal_(0.0, 0.02, generator=g)
+            else:
+                t.fill_(1.0 if name == "weight" else 0.0)
+            module._parameters[name] = torch.nn.Parameter(t, requires_grad=False)
+    return model.to(device).eval()
+
+
+def measure(case: SpeedCase, reps: int = 10, device: str = "cpu", warmup: int = 2) -> dict:
+    """Seconds per step (and on a GPU peak memory) of a DreamRelation step and a plain LoRA step, and of a merged
+    and a base sampling step, on `case` (random weights); their ratios. On the CPU both models are resident and the
+    steps interleaved; on a GPU one model at a time, its steps in a row, so that each peak is its own."""
     from peft import LoraConfig
 
     from .components import Base, HashTextEncoder
     from .config import DataConfig, RCLConfig, RunConfig, TrainConfig
     from .flow import noisy_latents, velocity_target
     from .trainer import PeftBackend, RelationTrainer
-    from .triplet import TripletConfig, merge_inference_set, resolve_targets
+    from .triplet import TripletConfig, inject_triplet, merge_inference_set, resolve_targets
 
-    arch = ARCHITECTURES[case.arch]
-    torch.manual_seed(0)
-    transformer = getattr(diffusers, arch.transformer_class)(**case.transformer).to(device).eval()
-    transformer.requires_grad_(False)
+    arch, dev = ARCHITECTURES[case.arch], torch.device(device)
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    precision = "bf16" if cuda else "fp32"
     text_dim = case.transformer.get("text_dim", case.transformer.get("text_embed_dim"))
     text = HashTextEncoder(dim=text_dim, max_length=case.text_length)
-    base = Base(arch=arch, transformer=copy.deepcopy(transformer), text_encoder=text, codec=None, name=case.name)
     items = _items(case, text_dim)
-    dev = torch.device(device)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="dreamrelation-speed-") as out:
-        config = RunConfig(base=case.name, name="speed", output_dir=out, device=device, data=DataConfig(videos=out),
-                           lora=TripletConfig(rank=case.rank, alpha=case.rank),
-                           train=TrainConfig(steps=10 ** 6, **case.train), rcl=RCLConfig())
-        trainer = RelationTrainer(config, PeftBackend(base, config, dev), items, out, progress=progress,
-                                  overwrite=True)
 
-        plain = copy.deepcopy(transformer).train()
-        targets = sorted({m for ms in resolve_targets(plain, arch, config.lora).values() for m in ms})
-        plain.add_adapter(LoraConfig(r=case.rank, lora_alpha=case.rank, target_modules=targets))
-        if config.train.gradient_checkpointing and getattr(plain, "_supports_gradient_checkpointing", False):
-            plain.enable_gradient_checkpointing()
-        params = [p for p in plain.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
+    def run_config(out):
+        return RunConfig(base=case.name, name="speed", output_dir=out, device=device, data=DataConfig(videos=out),
+                         lora=TripletConfig(rank=case.rank, alpha=case.rank),
+                         train=TrainConfig(steps=10 ** 6, base_dtype=precision, mixed_precision=precision,
+                                           **case.train), rcl=RCLConfig())
+
+    def dreamrelation(config):
+        base = Base(arch=arch, transformer=_random_transformer(arch, case.transformer, dev, dtype), text_encoder=text,
+                    codec=None, name=case.name)
+        trainer = RelationTrainer(config, PeftBackend(base, config, dev), items, config.output_dir, progress=False,
+                                  overwrite=True)
+        return trainer.train_step
+
+    def plain_lora(config):
+        model = _random_transformer(arch, case.transformer, dev, dtype).train()
+        targets = sorted({m for ms in resolve_targets(model, arch, config.lora).values() for m in ms})
+        model.add_adapter(LoraConfig(r=case.rank, lora_alpha=case.rank, target_modules=targets))
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        if config.train.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         g = torch.Generator().manual_seed(1)
 
-        def plain_step():
+        def step():
             item = items[0]
             z0 = item.latent_mean[None].to(dev)
             noise = torch.randn(z0.shape, generator=g).to(dev)
             sigma = torch.rand(1, generator=g).to(dev)
-            pred = arch.velocity(plain, noisy_latents(z0, noise, sigma), sigma, item.text[None].to(dev),
-                                 item.text_mask[None].to(dev))
-            (pred - velocity_target(z0, noise)).pow(2).mean().backward()
+            with torch.autocast(dev.type, dtype=dtype, enabled=cuda):
+                pred = arch.velocity(model, noisy_latents(z0, noise, sigma).to(dtype), sigma,
+                                     item.text[None].to(dev, dtype), item.text_mask[None].to(dev))
+            (pred.float() - velocity_target(z0, noise)).pow(2).mean().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        return step
 
-        times = _interleaved({"dreamrelation_step": trainer.train_step, "plain_lora_step": plain_step}, reps)
-        results.update(times)
-
-    merged = base.transformer.eval()
-    merge_inference_set(merged, {r: 1.0 for r in INFERENCE_ROLES}, undoable=False)
-    z = torch.randn(2, *case.latent, generator=torch.Generator().manual_seed(2)).to(dev)
+    z = torch.randn(2, *case.latent, generator=torch.Generator().manual_seed(2)).to(dev, dtype)
     sigma = torch.full((2,), 0.5, device=dev)
-    cond = torch.stack([items[0].text, torch.zeros_like(items[0].text)]).to(dev)
+    cond = torch.stack([items[0].text, torch.zeros_like(items[0].text)]).to(dev, dtype)
     mask = torch.ones(2, case.text_length, dtype=torch.bool, device=dev)
 
     def sampling(model):
@@ -136,41 +205,82 @@ def measure(case: SpeedCase, reps: int = 10, device: str = "cpu", progress: bool
                 arch.velocity(model, z, sigma, cond, mask)
         return step
 
-    times = _interleaved({"merged_sampling_step": sampling(merged), "base_sampling_step": sampling(transformer)}, reps)
-    results.update(times)
+    def merged():
+        model = _random_transformer(arch, case.transformer, dev, dtype)
+        inject_triplet(model, arch, TripletConfig(rank=case.rank, alpha=case.rank))
+        merge_inference_set(model, {r: 1.0 for r in INFERENCE_ROLES}, undoable=False)
+        return sampling(model)
+
+    with tempfile.TemporaryDirectory(prefix="dreamrelation-speed-") as out:
+        config = run_config(out)
+        makers = {"dreamrelation_step": lambda: dreamrelation(config), "plain_lora_step": lambda: plain_lora(config),
+                  "merged_sampling_step": merged,
+                  "base_sampling_step": lambda: sampling(_random_transformer(arch, case.transformer, dev, dtype))}
+        if cuda:                      # one model on the GPU at a time
+            for name, make in makers.items():
+                step = make()
+                seconds, peak = _timed({name: step}, reps, warmup, dev, False)[name]
+                results[name], results[f"{name}_peak_gb"] = seconds, peak / 2 ** 30
+                del step
+                torch.cuda.empty_cache()
+        else:
+            for pair in (("dreamrelation_step", "plain_lora_step"), ("merged_sampling_step", "base_sampling_step")):
+                timed = _timed({name: makers[name]() for name in pair}, reps, warmup, dev, True)
+                results.update({name: seconds for name, (seconds, _) in timed.items()})
     results["triplet_over_plain"] = results["dreamrelation_step"] / results["plain_lora_step"]
     results["merged_sampling_over_base"] = results["merged_sampling_step"] / results["base_sampling_step"]
     return results
 
 
-def benchmark(reps: int = 10, cases=None, progress: bool = True) -> dict:
-    """The default CPU run (`cases` None: the SynthRel case). JSON-able: device, per case s/step and ratios, and the
-    headline ratios of the first case."""
-    cases = cases or [_synthrel_case()]
-    device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch " \
-             f"{torch.__version__})"
-    per_case = {case.name: measure(case, reps, progress=False) for case in cases}
+def benchmark(reps: int = 10, suite: str = "cpu", progress: bool = True) -> dict:
+    """`suite` "cpu": the SynthRel case on the CPU (a smoke run, under a minute); "gpu": `gpu_cases` on CUDA.
+    JSON-able: device, per case s/step (GPU: and peak GB) and ratios, and the first case's ratios as headline."""
+    from tqdm.auto import tqdm
+
+    if suite not in ("cpu", "gpu"):
+        raise ValueError(f"unknown speed suite {suite!r}; expected cpu or gpu")
+    if suite == "gpu" and not torch.cuda.is_available():
+        raise ValueError("bench speed --suite gpu needs a CUDA GPU; the default suite runs on the CPU")
+    cases, device = ([_synthrel_case()], "cpu") if suite == "cpu" else (gpu_cases(), "cuda")
+    name = (f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if suite == "cpu"
+            else f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GB")
+    per_case = {}
+    for case in tqdm(cases, desc="speed", disable=not progress or len(cases) == 1):
+        try:
+            per_case[case.name] = measure(case, reps, device, warmup=2 if suite == "cpu" else 1)
+        except torch.OutOfMemoryError as error:       # a memory option that does not fit is a figure too
+            per_case[case.name] = {"error": f"out of memory: {str(error).splitlines()[0]}"}
+            torch.cuda.empty_cache()
     first = per_case[cases[0].name]
-    return {"device": device, "reps": reps, "cases": per_case,
-            "triplet_over_plain": first["triplet_over_plain"],
-            "merged_sampling_over_base": first["merged_sampling_over_base"],
+    return {"device": f"{name}, torch {torch.__version__})", "suite": suite, "reps": reps, "cases": per_case,
+            "triplet_over_plain": first.get("triplet_over_plain"),
+            "merged_sampling_over_base": first.get("merged_sampling_over_base"),
             # The ComfyUI path needs a ComfyUI install, which the core never imports: tests/comfyui measure it.
             "comfy_over_cli": None}
 
 
 def markdown(result: dict) -> str:
-    lines = ["## Speed: what the triplet costs", "",
-             f"Device: {result['device']}; medians of {result['reps']} interleaved steps after a warm-up, random "
-             "weights. Ratios are measured side by side in one process.", "",
+    gpu = result.get("suite") == "gpu"
+    lines = [f"## Speed: what the triplet costs{' (GPU, real sizes)' if gpu else ''}", "",
+             f"Device: {result['device']}; medians of {result['reps']} steps after a warm-up, random weights"
+             + ("; one model on the GPU at a time, peak memory per step kind." if gpu else
+                ", the two steps of a ratio interleaved in one process."), "",
              "| case | DreamRelation step (s) | plain LoRA step (s) | triplet / plain | merged sampling step (s) | "
-             "base sampling step (s) | merged / base |", "|---|---|---|---|---|---|---|"]
+             "base sampling step (s) | merged / base |" + (" DreamRelation peak (GB) | plain LoRA peak (GB) |"
+                                                         if gpu else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if gpu else "")]
     for name, r in result["cases"].items():
-        lines.append(f"| {name} | {r['dreamrelation_step']:.4f} | {r['plain_lora_step']:.4f} | "
-                     f"{r['triplet_over_plain']:.2f} | {r['merged_sampling_step']:.4f} | "
-                     f"{r['base_sampling_step']:.4f} | {r['merged_sampling_over_base']:.2f} |")
+        if "error" in r:
+            lines.append(f"| {name} | {r['error']} |")
+            continue
+        row = (f"| {name} | {r['dreamrelation_step']:.4f} | {r['plain_lora_step']:.4f} | "
+               f"{r['triplet_over_plain']:.2f} | {r['merged_sampling_step']:.4f} | "
+               f"{r['base_sampling_step']:.4f} | {r['merged_sampling_over_base']:.2f} |")
+        if gpu:
+            row += f" {r['dreamrelation_step_peak_gb']:.1f} | {r['plain_lora_step_peak_gb']:.1f} |"
+        lines.append(row)
     lines += ["", "A DreamRelation step runs only the drawn group's adapters (all four for the relation group, two "
               "for a subject group) and adds the masked loss and RCL; the plain LoRA carries one adapter on the "
               "same modules at the same rank. After the merge no adapter is left, so sampling costs what the base "
               "costs. `comfy_over_cli` (the ComfyUI path) is not measured here: the core never imports ComfyUI."]
     return "\n".join(lines)
-

@@ -137,3 +137,36 @@ def test_speed_benchmark_measures_its_ratios_side_by_side(tmp_path):
     assert result["triplet_over_plain"] == case["triplet_over_plain"]
     assert 0.5 < result["merged_sampling_over_base"] < 2.0              # no adapter is left after the merge
     assert "<!-- bench:speed -->" in doc.read_text() and "triplet / plain" in doc.read_text()
+
+
+def test_gpu_speed_suite_is_well_formed_without_a_gpu():
+    """`bench speed --suite gpu` (run on a lent GPU): every case is a real-size config whose clip fits the
+    transformer's patches and whose memory options are TrainConfig keys; without CUDA it says so."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    from dreamrelation_core import speed
+    from dreamrelation_core.archs import ARCHITECTURES
+    from dreamrelation_core.config import TrainConfig
+
+    cases = speed.gpu_cases()
+    assert {c.arch for c in cases} == {"wan", "mochi"} and any(c.train.get("block_swap") for c in cases)
+    for case in cases:
+        TrainConfig(**case.train)
+        arch = ARCHITECTURES[case.arch]
+        with init_empty_weights():
+            model = getattr(diffusers, arch.transformer_class)(**case.transformer)
+        patch = model.config.patch_size
+        patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
+        c, f, h, w = case.latent
+        assert c == model.config.in_channels and h % patch == 0 and w % patch == 0, case.name
+        assert case.train.get("block_swap", 0) <= len(getattr(model, arch.diffusers_blocks))
+    sizes = {}
+    for case in cases:
+        with init_empty_weights():
+            model = getattr(diffusers, ARCHITECTURES[case.arch].transformer_class)(**case.transformer)
+        sizes[case.name.split(" ")[0]] = sum(p.numel() for p in model.parameters()) / 1e9
+    assert 1.2 < sizes["Wan2.1-1.3B"] < 1.6 and 13 < sizes["Wan2.1-14B"] < 15 and 9 < sizes["Mochi"] < 11
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            speed.benchmark(suite="gpu")
