@@ -31,7 +31,9 @@ def native_architecture(model_patcher):
     if tagged:
         return get_architecture(tagged)
     for cls, arch in NATIVE_ARCHITECTURES:
-        if isinstance(model, cls):
+        # The exact class: newer ComfyUI derives many other Wan variants from WAN21 (VACE, camera, causal, …),
+        # not all of them flagged image-to-video (docs/comfyui.md, "Current ComfyUI").
+        if type(model) is cls:
             # Wan 2.2 TI2V-5B is flagged image_to_video, but takes its image through the denoise mask: without one it
             # is a text-to-video model. Wan 2.1 I2V models concatenate image latents to their input.
             i2v = getattr(model, "image_to_video", False) and arch.name != "wan22-5b"
@@ -74,6 +76,11 @@ class ComfyBackend:
 
     def __init__(self, model_patcher, triplet_config, seed: int = 0):
         self.arch = native_architecture(model_patcher)
+        if getattr(model_patcher, "is_dynamic", lambda: False)():
+            # Current ComfyUI streams weights through reused cast buffers ("dynamic VRAM", its default on NVIDIA)
+            # and drops the weight wrappers of small modules: not verified for training here (docs/comfyui.md).
+            raise ValueError("MODEL is loaded with ComfyUI's dynamic VRAM; training the relation triplet needs "
+                             "ComfyUI started with --disable-dynamic-vram (or --highvram)")
         _make_trainable_copies(model_patcher.model)
         self.patcher = model_patcher.clone()
         shapes = {k: tuple(v.shape) for k, v in self.patcher.model.state_dict().items()}
@@ -148,6 +155,10 @@ class ComfyBackend:
         guider = comfy.samplers.CFGGuider(self.patcher)
         guider.set_conds(positive, negative)
         guider.set_cfg(1.0)
+        # Current ComfyUI takes fused, non-differentiable kernels (Wan's RoPE and adaLN) unless it knows it trains.
+        was_training = getattr(comfy.model_management, "in_training", None)
+        if was_training is not None:
+            comfy.model_management.in_training = True
 
         def inside(model_wrap, extra_args, processed):
             self._guider, self._extra_args = model_wrap, extra_args
@@ -165,6 +176,8 @@ class ComfyBackend:
             guider.sample(torch.zeros_like(latents), latents, _RunInside(inside), torch.tensor([1.0, 0.0]),
                           seed=seed)
         finally:
+            if was_training is not None:
+                comfy.model_management.in_training = was_training
             self.release()
 
     def release(self) -> None:

@@ -337,3 +337,26 @@ def test_train_node_on_native_wan22_5b(pack, comfy):
     stock, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(out.result[1]), 1.0, 0)
     stock.patch_model()
     stock.unpatch_model()
+
+
+def test_backend_refuses_dynamic_vram_and_wan21_subclasses_and_flags_training(pack, comfy, monkeypatch):
+    """Current ComfyUI: a dynamically loaded MODEL is refused with the flag that turns it off; a model class derived
+    from WAN21 (VACE, camera, …) is not taken for plain Wan; `in_training` is set while the trainer runs."""
+    from dreamrelation_pack.dreamrelation_core.triplet import TripletConfig
+
+    backend = pack["backend"]
+    model = native_model(comfy, "wan")
+    monkeypatch.setattr(model, "is_dynamic", lambda: True, raising=False)
+    with pytest.raises(ValueError, match="--disable-dynamic-vram"):
+        backend.ComfyBackend(model, TripletConfig(rank=2, alpha=2))
+    derived = native_model(comfy, "wan")
+    derived.model.__class__ = type("WAN21_Camera", (comfy.model_base.WAN21,), {})
+    with pytest.raises(ValueError, match="MODEL is a WAN21_Camera"):
+        backend.native_architecture(derived)
+    monkeypatch.setattr(comfy.model_management, "in_training", False, raising=False)
+    seen = []
+    trainer = backend.ComfyBackend(native_model(comfy, "wan"), TripletConfig(rank=2, alpha=2))
+    text = torch.randn(1, 7, 32)
+    trainer.run(lambda processed: seen.append(comfy.model_management.in_training), torch.randn(1, 16, 3, 4, 4),
+                [[text, {}]], [[torch.zeros_like(text), {}]])
+    assert seen == [True] and comfy.model_management.in_training is False
