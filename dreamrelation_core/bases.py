@@ -177,7 +177,7 @@ EXPERTS = {"high_noise": "transformer", "low_noise": "transformer_2"}   # Wan 2.
 
 
 def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch: str | None,
-                 expert: str | None = None) -> Base:
+                 expert: str | None = None, companion: bool = False) -> Base:
     if expert is not None:
         if expert not in EXPERTS:
             raise ValueError(f"unknown expert {expert!r}; expected one of {sorted(EXPERTS)}")
@@ -204,8 +204,14 @@ def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch:
     _freeze(_cast(transformer, dtype))
     text, codec = _load_components(comp, architecture, transformer, dtype)
     _check_components(architecture, transformer, codec, text, str(folder))
+    sigma_range = _expert_sigma_range(folder, expert or "high_noise")
+    other = None
+    if companion and sigma_range is not None:       # both experts, as Wan 2.2 samples
+        other_dir = folder / EXPERTS["low_noise" if (expert or "high_noise") == "high_noise" else "high_noise"]
+        other = _freeze(_cast(_diffusers_class(architecture.transformer_class).from_pretrained(
+            other_dir, torch_dtype=dtype, local_files_only=True), dtype))
     return Base(arch=architecture, transformer=transformer, text_encoder=text, codec=codec, name=str(folder),
-                sigma_range=_expert_sigma_range(folder, expert or "high_noise"))
+                sigma_range=sigma_range, companion=other)
 
 
 def _expert_sigma_range(folder: Path, expert: str) -> tuple | None:
@@ -360,7 +366,7 @@ def register_base(name: str, factory: str) -> None:
 
 
 def load_base(spec: str, components: str | None = None, dtype: torch.dtype = torch.float32, arch: str | None = None,
-              *, config_overrides: dict | None = None, expert: str | None = None) -> Base:
+              *, config_overrides: dict | None = None, expert: str | None = None, companion: bool = False) -> Base:
     """Load a base from `spec`, offline, frozen and in eval mode, with weights in `dtype` (tiny text encoders excepted).
 
     `spec`: "tiny-wan" / "tiny-mochi" (see `build_tiny`); a name in `NAMED_BASES` ("synthrel"); a diffusers
@@ -370,7 +376,7 @@ def load_base(spec: str, components: str | None = None, dtype: torch.dtype = tor
     (Wan keys `blocks.0.self_attn.q.weight`, Mochi genmo keys `blocks.0.attn.qkv_x.weight`, optionally prefixed
     `model.diffusion_model.`), which needs `components` = a diffusers pipeline folder for vae/text_encoder/tokenizer.
     `expert` picks a Wan 2.2 A14B expert of a pipeline folder: "high_noise" (transformer/, the default) or
-    "low_noise" (transformer_2/).
+    "low_noise" (transformer_2/); `companion` loads the other one too (`Base.companion`), for sampling.
     A single file's config = the shipped template (configs/) overridden by a sidecar `<file>.json`, then by sizes read
     off the tensors, then by `config_overrides`. `arch` forces / checks the architecture name ("wan", "mochi").
     Text from the returned encoder is [B, L, D] with L = `base.text_encoder.max_length`.
@@ -394,7 +400,7 @@ def load_base(spec: str, components: str | None = None, dtype: torch.dtype = tor
         raise FileNotFoundError(f"base {spec!r}: no such file or folder (expected one of {sorted(TINY_SPECS)}, a "
                                 "diffusers pipeline folder, or a single-file .safetensors transformer)")
     if path.is_dir():
-        return _load_folder(path, components, dtype, arch, expert)
+        return _load_folder(path, components, dtype, arch, expert, companion)
     if expert is not None:
         raise ValueError(f"expert={expert!r} applies to diffusers pipeline folders; {path} is a single file "
                          "(it is one expert already)")

@@ -23,15 +23,18 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    from .bases import load_base
+    from .bases import EXPERTS, load_base
     from .formats import load_lora_with_subjects
     from .sampling import generate, to_uint8_frames
     from .triplet import apply_lora, merge_inference_set
     from .videoio import write_video
 
-    base = load_base(args.base, args.components)
-    if args.lora:
-        lora = load_lora_with_subjects(args.lora, subjects=bool(args.subject_strength))
+    lora = load_lora_with_subjects(args.lora, subjects=bool(args.subject_strength)) if args.lora else None
+    # A Wan 2.2 A14B pair samples with both experts; the LoRA goes on the one it was trained on.
+    pair = (Path(args.base) / EXPERTS["low_noise"] / "config.json").is_file()
+    expert = (lora.info.get("expert") if lora else None) if pair else None
+    base = load_base(args.base, args.components, expert=expert, companion=pair)
+    if lora:
         if lora.arch != base.arch.name:
             raise ValueError(f"{args.lora} is a {lora.arch} LoRA but the base is {base.arch.name}")
         strengths = {"relation": args.relation_strength, "ffn": args.ffn_strength,

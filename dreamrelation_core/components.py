@@ -232,6 +232,7 @@ class Base:
     codec: LatentCodec
     name: str
     sigma_range: tuple | None = None     # the σ range this transformer denoises (a Wan 2.2 expert's); None: all
+    companion: torch.nn.Module | None = None   # the other Wan 2.2 A14B expert, for sampling outside sigma_range
 
     def to(self, device) -> "Base":
         """Move transformer, VAE and text encoder (when it has weights) to `device`."""

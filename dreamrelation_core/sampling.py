@@ -55,12 +55,22 @@ def euler(velocity, noise: torch.Tensor, sigmas, progress: bool = True, callback
     return z
 
 
+def expert_for(transformer, sigma_range, companion):
+    """Which transformer denoises at σ (a Wan 2.2 A14B pair, split at its boundary: the high-noise expert from the
+    boundary up, as diffusers' pipeline does): `transformer` inside `sigma_range`, `companion` outside."""
+    if companion is None or sigma_range is None:
+        return lambda sigma: transformer
+    low, high = sigma_range
+    return lambda sigma: transformer if (low <= sigma if high >= 1.0 else sigma < high) else companion
+
+
 def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sigmas, cfg: float,
-            progress: bool = True, callback=None) -> torch.Tensor:
+            progress: bool = True, callback=None, sigma_range=None, companion=None) -> torch.Tensor:
     """Euler with classifier-free guidance on a diffusers transformer: v = v_null + cfg·(v_text − v_null), the
     two passes batched (cfg 1 skips the unconditional one). `noise` [B, C, f, h, w]; text/null [B, L, D] with
-    masks [B, L]."""
+    masks [B, L]. With a `companion` (the other Wan 2.2 expert) each step runs `expert_for` its σ."""
     device, dtype = transformer_device_dtype(transformer)
+    model_at = expert_for(transformer, sigma_range, companion)
     guided = cfg != 1.0
     cond = (torch.cat([null_text, text]) if guided else text).to(device, dtype)
     cond_mask = (torch.cat([null_mask, text_mask]) if guided else text_mask).to(device)
@@ -69,7 +79,7 @@ def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sig
         batch = torch.cat([z, z]) if guided else z
         sigmas_b = torch.full((batch.shape[0],), sigma, device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type == "cuda"):
-            v = arch.velocity(transformer, batch.to(dtype), sigmas_b, cond, cond_mask).float()
+            v = arch.velocity(model_at(sigma), batch.to(dtype), sigmas_b, cond, cond_mask).float()
         if not guided:
             return v
         v_null, v_text = v.chunk(2)
@@ -81,7 +91,8 @@ def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sig
 def generate(base, prompt: str, frames: int | None = None, height: int | None = None, width: int | None = None,
              steps: int | None = None, cfg: float | None = None, seed: int = 0, negative_prompt: str | None = None,
              shift: float | None = None, progress: bool = True, callback=None) -> torch.Tensor:
-    """Sample one video for `prompt` with whatever LoRAs are active/merged in `base.transformer`.
+    """Sample one video for `prompt` with whatever LoRAs are active/merged in `base.transformer` (and, for a Wan 2.2
+    A14B pair, its `companion` expert below or above the boundary).
 
     Defaults are the architecture's (Mochi 61×480×848, 64 steps, CFG 6; Wan 81×480×832, 50 steps, CFG 5).
     Returns the decoded video [3, F, H, W] in [-1, 1] (CPU, float32).
@@ -104,7 +115,8 @@ def generate(base, prompt: str, frames: int | None = None, height: int | None = 
     text, text_mask = base.text_encoder.encode([prompt])
     null, null_mask = base.text_encoder.encode([negative_prompt]) if negative_prompt else base.null_text(1)
     sigmas = sampling_schedule(arch, steps, shift)
-    latents = denoise(arch, base.transformer, noise, text, text_mask, null, null_mask, sigmas, cfg, progress, callback)
+    latents = denoise(arch, base.transformer, noise, text, text_mask, null, null_mask, sigmas, cfg, progress, callback,
+                      base.sigma_range, base.companion)
     if not torch.isfinite(latents).all():
         raise ValueError("the sampled video is NaN or infinite: a LoRA applied to the model holds non-finite weights "
                          "(a diverged training run?), or its strength is too large")

@@ -609,3 +609,34 @@ def test_wan22_5b_is_told_from_wan21_by_its_latent_channels(folders, tmp_path):
         load_base(str(folders["wan22-5b"]), arch="wan")
     with pytest.raises(ValueError, match="needs"):               # a 2.1 VAE under a 5B transformer is refused
         load_base(str(path), components=str(folders["wan"]), config_overrides={"attention_head_dim": 16})
+
+
+def test_wan22_pair_samples_each_step_with_the_expert_of_its_noise_level(folders, tmp_path):
+    """Both experts load together (`companion`): σ from the boundary up runs the high-noise expert, below it the
+    low-noise one, as diffusers' pipeline; a lone expert samples alone."""
+    import shutil
+
+    from dreamrelation_core.sampling import expert_for, generate
+
+    folder = tmp_path / "wan22"
+    shutil.copytree(folders["wan"], folder)
+    build_tiny("wan", seed=7).transformer.save_pretrained(folder / "transformer_2")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "boundary_ratio": 0.875}))
+    pair = load_base(str(folder), companion=True)
+    low_first = load_base(str(folder), expert="low_noise", companion=True)
+    assert _state_equal(pair.companion, low_first.transformer) and _state_equal(low_first.companion, pair.transformer)
+    pick = expert_for(pair.transformer, pair.sigma_range, pair.companion)
+    assert pick(1.0) is pair.transformer and pick(0.875) is pair.transformer and pick(0.5) is pair.companion
+    pick = expert_for(low_first.transformer, low_first.sigma_range, low_first.companion)
+    assert pick(0.9) is low_first.companion and pick(0.2) is low_first.transformer
+    calls = []
+    for name, model in (("high", pair.transformer), ("low", pair.companion)):
+        model.register_forward_hook(lambda *_, name=name: calls.append(name))
+    both = generate(pair, "a dog", frames=5, height=32, width=32, steps=4, cfg=1.0, progress=False)
+    from dreamrelation_core.flow import sampling_schedule
+
+    sigmas = [float(s) for s in sampling_schedule(WAN, 4)][:-1]
+    assert calls == ["high" if s >= 0.875 else "low" for s in sigmas] and set(calls) == {"high", "low"}
+    alone = generate(load_base(str(folder)), "a dog", frames=5, height=32, width=32, steps=4, cfg=1.0, progress=False)
+    assert not torch.allclose(both, alone)
