@@ -63,6 +63,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+COMPILE_MIN_DIFFUSERS = (0, 40)   # compiled Wan blocks of diffusers 0.36–0.39 give gradients 10 % off (test)
+
+
+def _check_compile_support() -> None:
+    import diffusers
+
+    version = tuple(int(x) for x in diffusers.__version__.split(".")[:2])
+    if version < COMPILE_MIN_DIFFUSERS:
+        raise ValueError(f"train.compile needs diffusers >= {'.'.join(map(str, COMPILE_MIN_DIFFUSERS))} (found "
+                         f"{diffusers.__version__}: its compiled blocks train on wrong gradients); upgrade diffusers "
+                         "or set train.compile false")
+
+
 def warmup_cosine(warmup: int, total: int):
     """LR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total` (the reference schedule)."""
     def factor(step: int) -> float:
@@ -126,6 +139,7 @@ class PeftBackend:
         if t.gradient_checkpointing and getattr(self.transformer, "_supports_gradient_checkpointing", False):
             self.transformer.enable_gradient_checkpointing()
         if t.compile:                 # block by block: small graphs, and the checkpointed blocks stay as they are
+            _check_compile_support()
             for block in getattr(self.transformer, self.arch.diffusers_blocks):
                 block.compile()
         self.block_swap = (BlockSwap(getattr(self.transformer, self.arch.diffusers_blocks), t.block_swap, device)

@@ -235,13 +235,29 @@ def test_a_wan22_expert_trains_on_its_own_noise_range_unless_told_otherwise(exem
 
 
 def test_compiled_blocks_train_as_eager(exemplars, tmp_path):
+    import diffusers
+
+    from dreamrelation_core.trainer import COMPILE_MIN_DIFFUSERS
+
+    if tuple(int(x) for x in diffusers.__version__.split(".")[:2]) < COMPILE_MIN_DIFFUSERS:   # CI's floor run
+        with pytest.raises(ValueError, match="train.compile needs diffusers >= 0.40"):
+            make_trainer("wan", exemplars["wan"], tmp_path / "old", compile=True)
+        return
     eager = make_trainer("wan", exemplars["wan"], tmp_path / "eager", steps=3)
     compiled = make_trainer("wan", exemplars["wan"], tmp_path / "compiled", steps=3, compile=True)
     assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
                for block in compiled.backend.transformer.blocks)
+    grads = {}
+    for name, trainer in (("eager", eager), ("compiled", compiled)):     # the first step's gradients, before AdamW
+        step = trainer.optimizer.step
+        trainer.optimizer.step = lambda *a, t=trainer, n=name, s=step, **k: (
+            grads.setdefault(n, {k2: p.grad.clone() for k2, p in t.params.items()}), s(*a, **k))[1]
     for _ in range(3):
         assert compiled.train_step()["loss"] == pytest.approx(eager.train_step()["loss"], rel=1e-4)
-    assert all(torch.allclose(p, compiled.params[n], atol=1e-5) for n, p in eager.params.items())
+    # Compiled kernels round differently; AdamW turns that into lr-sized moves of near-zero-gradient weights, so the
+    # gradients are compared, not the weights.
+    scale = max(g.abs().max() for g in grads["eager"].values())
+    assert all(torch.allclose(g, grads["compiled"][n], atol=1e-4 * scale) for n, g in grads["eager"].items())
 
 
 def test_wan22_5b_trains_and_saves_a_lora_stock_comfyui_maps(tmp_path):
