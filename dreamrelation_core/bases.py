@@ -214,12 +214,17 @@ def _load_folder(folder: Path, components: str | None, dtype: torch.dtype, arch:
                 sigma_range=sigma_range, companion=other)
 
 
+def is_expert_pair(folder) -> bool:
+    """A Wan 2.2 A14B pipeline folder, holding both experts (transformer/ and transformer_2/)."""
+    return (Path(folder) / EXPERTS["low_noise"] / "config.json").is_file()
+
+
 def _expert_sigma_range(folder: Path, expert: str) -> tuple | None:
     """A Wan 2.2 two-expert folder: the σ range of `expert`, split at the pipeline's `boundary_ratio` (its
     high-noise expert denoises σ ≥ boundary, where motion is decided; the low-noise one the rest). None for
     single-transformer folders."""
     index = folder / "model_index.json"
-    if not (folder / EXPERTS["low_noise"] / "config.json").is_file() or not index.is_file():
+    if not is_expert_pair(folder) or not index.is_file():
         return None
     boundary = _read_json(index).get("boundary_ratio")
     if boundary is None:

@@ -23,7 +23,7 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    from .bases import EXPERTS, load_base
+    from .bases import is_expert_pair, load_base
     from .formats import load_lora_with_subjects
     from .sampling import generate, to_uint8_frames
     from .triplet import apply_lora, merge_inference_set
@@ -31,7 +31,7 @@ def _sample(args) -> int:
 
     lora = load_lora_with_subjects(args.lora, subjects=bool(args.subject_strength)) if args.lora else None
     # A Wan 2.2 A14B pair samples with both experts; the LoRA goes on the one it was trained on.
-    pair = (Path(args.base) / EXPERTS["low_noise"] / "config.json").is_file()
+    pair = is_expert_pair(args.base)
     expert = (lora.info.get("expert") if lora else None) if pair else None
     base = load_base(args.base, args.components, expert=expert, companion=pair)
     if lora:

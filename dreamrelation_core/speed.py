@@ -37,16 +37,17 @@ def _synthrel_case() -> SpeedCase:
     from .archs import SYNTHREL
     from .synthrel.protocol import DEFAULT
 
-    frames, (height, width) = DEFAULT.frames, DEFAULT.size
     return SpeedCase("synthrel transformer, 9×40×40 clip", "synthrel", dict(SYNTHREL.tiny_transformer),
-                     (SYNTHREL.latent_channels, frames, height // 2, width // 2), SYNTHREL.text_max_length)
+                     _latent("synthrel", DEFAULT.frames, *DEFAULT.size), SYNTHREL.text_max_length)
 
 
 def _template(name: str) -> dict:
+    """A shipped transformer config (the single-file loader's templates, bases.CONFIG_DIR) as constructor kwargs."""
     import json
-    from pathlib import Path
 
-    config = json.loads((Path(__file__).resolve().parent / "configs" / name / "config.json").read_text())
+    from .bases import CONFIG_DIR
+
+    config = json.loads((CONFIG_DIR / name / "config.json").read_text())
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
