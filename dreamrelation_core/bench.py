@@ -120,13 +120,13 @@ def _write_json(result: dict, json_path) -> None:
 
 
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
-        protocol: str | None = None, work=None, out=None, suite: str = "cpu") -> dict:
+        protocol: str | None = None, work=None, out=None, suite: str = "cpu", study: bool = False) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations;
     `speed`: what the triplet costs over a plain LoRA, training and sampling (speed.py).
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
-    that keeps each judged (relation, method), so that a rerun resumes; `out`: the markdown file for the figures
-    (default `default_doc()`)."""
+    that keeps each judged (relation, method), so that a rerun resumes; `study` (quality): the variants of
+    quality.STUDY instead of the methods; `out`: the markdown file for the figures (default `default_doc()`)."""
     from .synthrel import quality, recipe
     from .synthrel.protocol import DEFAULT, get_protocol
 
@@ -140,6 +140,7 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         markdown = quality.base_markdown(result, chosen.name)
     elif kind == "quality":
         result = quality.benchmark(steps=30 if quick else recipe.TRAIN_STEPS,
+                                   methods=tuple(quality.STUDY if study else quality.METHODS),
                                    prompts=2 if quick else quality.PROMPTS, seeds=(0,) if quick else (0, 1, 2),
                                    progress=progress, protocol=chosen, work=None if work is None else Path(work))
         markdown = quality.markdown(result)
@@ -159,7 +160,7 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base, quality or speed")
     print(markdown)
     if not quick:      # each protocol has its own section: the v1 tables stay as history
-        section = kind if chosen.name == "v1" else f"{kind}_{chosen.name}"
+        section = (kind if chosen.name == "v1" else f"{kind}_{chosen.name}") + ("_study" if study else "")
         print(f"figures written to {write_section(section, markdown, doc)}")
     _write_json(result, json_path)
     return result

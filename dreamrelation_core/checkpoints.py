@@ -8,6 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from .config import RunConfig
+
 # Settings a run may change when it is resumed: its length and checkpoint cadence, where it writes, how it
 # previews, and how the numbers are computed (precision, gradient checkpointing: another GPU may need them).
 # The warm-up goes with the length (the ComfyUI node derives it from the steps). Everything else decides the
@@ -47,8 +49,11 @@ def items_digest(items) -> str:
 
 
 def differing_settings(before: dict, now: dict) -> list[str]:
-    """'key (old → new)' for each setting that differs ('the exemplars' for the digest)."""
-    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    """'key (old → new)' for each setting that differs ('the exemplars' for the digest). A setting added since the
+    checkpoint was written differs only when it is not at its default, which is how that run trained."""
+    defaults = flatten(json.loads(json.dumps(dataclasses.asdict(RunConfig()))))
+    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)
+                  and not (k not in before and k in defaults and now.get(k) == defaults[k]))
     return [f"{k} ({before.get(k)!r} → {now.get(k)!r})" if k != "exemplars" else "the exemplars" for k in keys]
 
 

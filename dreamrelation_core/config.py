@@ -35,6 +35,8 @@ class TrainConfig:
     caption_dropout: float = 0.1
     mask_weight: float = 50.0
     hybrid_masks: bool = True          # False: all adapters every step, no mask weighting (ablation)
+    # Relative odds of drawing relation, subject1, subject2 in hybrid mask training; the paper's 1/3 each by default
+    group_weights: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
     subject_loras: bool = True         # False: the subject LoRAs never run (the paper's "w/o Subject LoRAs" ablation)
     sigma_shift: float = 1.0           # 1 = σ ~ U(0, 1) as the reference
     sigma_min: float | None = None     # train on σ ∈ [sigma_min, sigma_max] only; None: the base's range (a Wan 2.2
@@ -182,6 +184,11 @@ def _check_ranges(config: "RunConfig") -> None:
     if t.block_swap and t.compile:
         raise ValueError("config keys train.block_swap and train.compile: choose one (compiled blocks would trace "
                          "the weight copies)")
+    weights = t.group_weights
+    if (not isinstance(weights, list) or len(weights) != 3 or not all(isinstance(w, (int, float)) and w >= 0
+                                                                       for w in weights) or not sum(weights) > 0):
+        raise ValueError("config key train.group_weights: expected 3 weights ≥ 0 (relation, subject1, subject2) "
+                         f"with a positive sum, got {weights!r}")
     if not 0 <= t.caption_dropout <= 1:
         raise ValueError(f"config key train.caption_dropout: expected a probability in [0, 1], got {t.caption_dropout}")
 

@@ -6,6 +6,14 @@ import torch
 GROUPS = ("relation", "subject1", "subject2")
 
 
+def draw_group(rng, weights=(1.0, 1.0, 1.0)) -> str:
+    """A step's group: with equal weights the paper's uniform draw (the same random call as ever, so that runs
+    stay reproducible across versions), else with the given relative odds."""
+    if len(set(weights)) == 1:
+        return rng.choice(GROUPS)
+    return rng.choices(GROUPS, weights=weights)[0]
+
+
 def _spatial_any(pixel_masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """[F, S, H, W] -> [F, S, h, w]: cell (i, j) is 1 iff a foreground pixel has ⌊y·h/H⌋ = i and ⌊x·w/W⌋ = j."""
     frames, subjects, height, width = pixel_masks.shape

@@ -3,7 +3,9 @@
 ComfyUI's native Wan/Mochi models name modules differently from diffusers and keep Mochi's q/k/v fused, and
 ComfyUI applies adapters by wrapping weights (`ModelPatcher.add_weight_wrapper`): a function weight -> weight'
 called in every forward. peft cannot be used there (its renaming breaks the patcher's keys), so this module holds
-the triplet as plain parameters per (role, module) and hands out one `WeightDelta` per native weight. Parameter
+the triplet as plain parameters per (role, module) and hands out one `WeightDelta` per native weight, or, in
+"bypass" mode, one `OutputDelta` per native linear: its output plus the LoRA path computed from its input, never
+touching the weight (for weights ComfyUI streams or keeps quantized). Parameter
 names are peft's (`<diffusers module>.lora_A.<role>.weight`), so checkpoints and exports are shared with the
 diffusers backend. Pure torch: nothing here imports comfy.
 """
@@ -99,6 +101,9 @@ class NativeTriplet(torch.nn.Module):
     def weight_delta(self, weight: str) -> "WeightDelta":
         return WeightDelta(self, [t for t in self.targets if t.weight == weight])
 
+    def output_delta(self, weight: str) -> "OutputDelta":
+        return OutputDelta(self, [t for t in self.targets if t.weight == weight])
+
     def to_relation_lora(self, info: dict | None = None, roles=ROLES) -> RelationLora:
         weights = {role: {} for role in roles}
         for t in self.targets:
@@ -159,3 +164,36 @@ class WeightDelta:
                 p.data = p.data.to(device)
                 size += p.numel() * p.element_size()
         return size
+
+
+class OutputDelta:
+    """Bypass mode: a linear's output y -> y + Σ_active scale·(x·Aᵀ)·Bᵀ on this weight's output slots, a forward
+    hook (module, args, output). For y = x·Wᵀ + b it is the output of WeightDelta's W + Σ scale·B·A, computed from
+    the input alone, in fp32 as peft computes its LoRA path, then cast to the output's dtype."""
+
+    def __init__(self, triplet: NativeTriplet, targets: list[NativeTarget]):
+        self.triplet, self.targets = triplet, targets
+
+    def __call__(self, module, args, output: torch.Tensor) -> torch.Tensor:
+        active = [t for t in self.targets if t.role in self.triplet.active and self.triplet.strengths[t.role]]
+        if not active:
+            return output
+        x = args[0]
+        if isinstance(active[0].layout, int):          # Mochi's fused q/k/v: each slot is a third of the output
+            chunks = list(output.split(output.shape[-1] // 3, dim=-1))
+            for t in active:
+                chunks[t.layout] = chunks[t.layout] + self._delta(t, x, output.dtype)
+            return torch.cat(chunks, dim=-1)
+        for t in active:
+            delta = self._delta(t, x, output.dtype)
+            if t.layout == "swap_halves":
+                first, second = delta.chunk(2, dim=-1)
+                delta = torch.cat([second, first], dim=-1)
+            output = output + delta
+        return output
+
+    def _delta(self, t: NativeTarget, x: torch.Tensor, dtype) -> torch.Tensor:
+        a, b = self.triplet.ab(t)
+        a, b = a.to(x.device), b.to(x.device)
+        return (self.triplet.scale(t.role) * torch.nn.functional.linear(torch.nn.functional.linear(x.float(), a), b)
+                ).to(dtype)

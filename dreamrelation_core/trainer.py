@@ -36,7 +36,7 @@ from .flow import check_sigma_range, noisy_latents, train_sigmas, velocity_targe
 from .files import atomic_write_many
 from .formats import RelationLora, file_digest, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, frame_features, hybrid_mask_loss
-from .masks import GROUPS, group_mask
+from .masks import draw_group, group_mask
 from .triplet import GROUP_ROLES, activate, inject_triplet, lora_from_model, lora_parameters
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -252,7 +252,7 @@ class RelationTrainer:
         t = self.config.train
         item = self.items[self.rng.randrange(len(self.items))]
         if group is ...:
-            group = self.rng.choice(GROUPS) if t.hybrid_masks else None
+            group = draw_group(self.rng, t.group_weights) if t.hybrid_masks else None
         drop = self.rng.random() < t.caption_dropout
         sigma = train_sigmas(1, self.generator, t.sigma_shift, *self.sigma_range)
         shape = (1, *item.latent_mean.shape)

@@ -1,7 +1,8 @@
 """Training backend for ComfyUI's native MODEL (Wan 2.1/2.2 T2V, Mochi).
 
 The triplet lives in a `NativeTriplet` (core) and reaches the model through ComfyUI's own weight wrappers
-(`ModelPatcher.add_weight_wrapper`), so fp8 weights, offloading and the native key names keep working. The model
+(`ModelPatcher.add_weight_wrapper`), so fp8 weights, offloading and the native key names keep working; or, in
+bypass mode (dynamically loaded models), through forward hooks the patcher injects, which never touch a weight. The model
 is called the way ComfyUI samples it: a `CFGGuider` (cfg 1) prepares the model and the conditioning, and its
 `Sampler` hook runs the DreamRelation trainer inside. ComfyUI's guider returns x0 predictions for
 x = (1 − σ)·z0 + σ·ε; the canonical velocity ε − z0 the core trains on is (x − x0̂)/σ.
@@ -12,6 +13,7 @@ import torch
 
 import comfy.model_base
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.samplers
 
 from ..dreamrelation_core.archs import INFERENCE_ROLES, MODEL_FAMILIES, get_architecture
@@ -22,6 +24,7 @@ from ..dreamrelation_core.videoio import write_video
 
 NATIVE_ARCHITECTURES = tuple((getattr(comfy.model_base, a.comfy_model_class), a) for a in MODEL_FAMILIES.values())
 SIGMA_FLOOR = 1e-3      # σ below this is not drawn: v = (x − x0̂)/σ
+INJECTION_KEY = "dreamrelation_bypass"
 
 
 def native_architecture(model_patcher):
@@ -74,13 +77,16 @@ class ComfyBackend:
     ComfyUI conditionings: `conditioning_of` maps an exemplar's name to the index of its entry in `run`'s
     `positive`."""
 
-    def __init__(self, model_patcher, triplet_config, seed: int = 0):
+    def __init__(self, model_patcher, triplet_config, seed: int = 0, bypass: bool | None = None):
+        """`bypass`: add the LoRA path to the adapted linears' outputs (forward hooks) instead of wrapping their
+        weights; None chooses it for dynamically loaded models (current ComfyUI's dynamic VRAM streams weights
+        through reused buffers and gives small modules no weight wrappers; docs/comfyui.md)."""
         self.arch = native_architecture(model_patcher)
-        if getattr(model_patcher, "is_dynamic", lambda: False)():
-            # Current ComfyUI streams weights through reused cast buffers ("dynamic VRAM", its default on NVIDIA)
-            # and drops the weight wrappers of small modules: not verified for training here (docs/comfyui.md).
-            raise ValueError("MODEL is loaded with ComfyUI's dynamic VRAM; training the relation triplet needs "
-                             "ComfyUI started with --disable-dynamic-vram (or --highvram)")
+        self.dynamic = getattr(model_patcher, "is_dynamic", lambda: False)()
+        self.bypass = self.dynamic if bypass is None else bool(bypass)
+        if self.dynamic and not self.bypass:
+            raise ValueError("MODEL is loaded with ComfyUI's dynamic VRAM, whose streamed weights take no weight "
+                             "wrappers: train it in bypass mode, or start ComfyUI with --disable-dynamic-vram")
         _make_trainable_copies(model_patcher.model)
         self.patcher = model_patcher.clone()
         shapes = {k: tuple(v.shape) for k, v in self.patcher.model.state_dict().items()}
@@ -88,8 +94,11 @@ class ComfyBackend:
             torch.manual_seed(seed)
             self.triplet = NativeTriplet(self.arch, native_targets(self.arch, shapes, triplet_config),
                                          triplet_config)
-        for key in self.triplet.weight_keys():
-            self.patcher.add_weight_wrapper(key, self.triplet.weight_delta(key))
+        if self.bypass:
+            self.patcher.set_injections(INJECTION_KEY, [self._bypass_injection()])
+        else:
+            for key in self.triplet.weight_keys():
+                self.patcher.add_weight_wrapper(key, self.triplet.weight_delta(key))
         self.device = self.patcher.load_device
         self.triplet.to(self.device)
         self.name = "ComfyUI MODEL"
@@ -98,6 +107,22 @@ class ComfyBackend:
         self.preview_conds = {}           # preview prompt -> index of its conditioning (after the exemplars')
         self.decode = None                # processed latents [1, C, f, h, w] -> video [3, F, H, W] in [-1, 1]
         self.last_preview = None          # uint8 frames [F, H, W, 3] of the newest preview
+
+    def _bypass_injection(self):
+        """Forward hooks on the adapted linears, installed when ComfyUI patches the model for a run and removed
+        when it unpatches it (the patcher's injections, as its own bypass LoRAs)."""
+        handles = []
+
+        def inject(patcher):
+            for key in self.triplet.weight_keys():
+                module = patcher.model.get_submodule(key.removesuffix(".weight"))
+                handles.append(module.register_forward_hook(self.triplet.output_delta(key)))
+
+        def eject(patcher):
+            while handles:
+                handles.pop().remove()
+
+        return comfy.patcher_extension.PatcherInjection(inject=inject, eject=eject)
 
     def parameters(self) -> dict:
         return self.triplet.lora_parameters()

@@ -206,7 +206,10 @@ class TrainRelationTriplet(io.ComfyNode):
                     _send_loss(node_id, [(record["step"], record["loss"])], steps)
                     comfy.model_management.throw_exception_if_processing_interrupted()
 
-                with _checkpointed_blocks(backend.patcher.model.diffusion_model, gradient_checkpointing):
+                # Dynamic VRAM reuses the buffers its weights were streamed into: recompute each block in the
+                # backward pass, which streams them again, instead of saving views of them (docs/comfyui.md).
+                with _checkpointed_blocks(backend.patcher.model.diffusion_model,
+                                          gradient_checkpointing or backend.dynamic):
                     result["lora"] = trainer.train(callback=on_step)
 
             backend.run(train, latents, positive, negative, seed)

@@ -170,3 +170,19 @@ def test_gpu_speed_suite_is_well_formed_without_a_gpu():
     if not __import__("torch").cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
             speed.benchmark(suite="gpu")
+
+
+def test_study_variants_train_what_their_names_say(tmp_path):
+    """Each hybrid-mask study variant changes DreamRelation's run config only where its name says."""
+    from dreamrelation_core.synthrel import quality
+    from dreamrelation_core.synthrel.recipe import run_config
+
+    base = run_config(tmp_path, tmp_path, 100, {}, 0).train
+    configs = {name: run_config(tmp_path, tmp_path, 100, overrides, 0).train
+               for name, (overrides, _) in quality.STUDY.items()}
+    assert configs["dreamrelation_3x_steps"].steps == 300 and configs["dreamrelation_3x_steps"].mask_weight == 50
+    assert configs["dreamrelation_mask_weight_0_3x_steps"].mask_weight == 0 == configs[
+        "dreamrelation_mask_weight_0"].mask_weight
+    assert configs["dreamrelation_relation_steps_only"].group_weights == [1.0, 0.0, 0.0]
+    assert configs["direct_lora_3x_steps"].steps == 300 and not configs["direct_lora_3x_steps"].hybrid_masks
+    assert configs["dreamrelation"] == base and base.group_weights == [1.0, 1.0, 1.0]

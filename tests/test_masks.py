@@ -65,3 +65,26 @@ def test_group_masks():
     assert torch.equal(group_mask(m[None], "subject2"), m[None, :, 1])
     with pytest.raises(ValueError, match="unknown group"):
         group_mask(m, "ffn")
+
+
+def test_group_weights_set_the_draw_and_equal_weights_keep_the_papers_draw():
+    import random
+
+    from dreamrelation_core.masks import GROUPS, draw_group
+
+    a, b = random.Random(5), random.Random(5)
+    assert [draw_group(a, [2.0, 2.0, 2.0]) for _ in range(50)] == [b.choice(GROUPS) for _ in range(50)]
+    rng = random.Random(0)
+    assert {draw_group(rng, [1.0, 0.0, 0.0]) for _ in range(50)} == {"relation"}
+    draws = [draw_group(rng, [2.0, 1.0, 1.0]) for _ in range(4000)]
+    assert abs(draws.count("relation") / 4000 - 0.5) < 0.03
+
+
+def test_group_weights_are_checked():
+    import pytest
+
+    from dreamrelation_core.config import config_from_dict
+
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0], "1,1,1"):
+        with pytest.raises(ValueError, match="train.group_weights"):
+            config_from_dict({"train": {"group_weights": bad}})

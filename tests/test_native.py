@@ -93,3 +93,43 @@ def test_gating_on_fused_mochi_weights(make_tiny):
 def test_native_targets_reject_foreign_models():
     with pytest.raises(ValueError, match="is this a wan model"):
         native_targets(WAN, {"diffusion_model.blocks.0.attn.qkv_x.weight": (12, 4)})
+
+
+@pytest.mark.parametrize("arch", [WAN, MOCHI], ids=["wan", "mochi"])
+def test_bypass_output_deltas_equal_the_weight_deltas_with_their_gradients(make_tiny, arch):
+    """Bypass mode (forward hooks on the linears' outputs) computes what the weight wrappers compute, for every
+    native layout (Mochi's fused q/k/v, swapped halves), and gives the LoRAs the same gradients."""
+    config = TripletConfig(rank=4, alpha=7)
+    _, lora = random_lora(make_tiny, arch, config)
+    native = NativeTriplet(arch, native_targets(arch, native_shapes(arch, make_tiny(arch)), config), config)
+    native.load_relation_lora(lora)
+    g = torch.Generator().manual_seed(1)
+    layouts = set()
+    for roles in (("relation", "subject1", "subject2", "ffn"), ("subject2", "ffn")):
+        native.activate(roles)
+        for key in native.weight_keys():
+            layouts |= {t.layout for t in native.targets if t.weight == key}
+            weight = torch.randn(_rows_cols(native, key), generator=g)
+            bias, x = torch.randn(weight.shape[0], generator=g), torch.randn(2, 5, weight.shape[1], generator=g)
+            wrapped = torch.nn.functional.linear(x, native.weight_delta(key)(weight), bias)
+            if not wrapped.requires_grad:          # no active role on this weight: both leave it alone
+                assert torch.equal(native.output_delta(key)(None, (x,), wrapped), wrapped)
+                continue
+            grads_wrapped = torch.autograd.grad(wrapped.square().sum(), list(native.lora_parameters().values()),
+                                                allow_unused=True)
+            hooked = native.output_delta(key)(None, (x,), torch.nn.functional.linear(x, weight, bias))
+            grads_hooked = torch.autograd.grad(hooked.square().sum(), list(native.lora_parameters().values()),
+                                               allow_unused=True)
+            assert torch.allclose(hooked, wrapped, atol=1e-5), key
+            for a, b in zip(grads_wrapped, grads_hooked):
+                assert (a is None) == (b is None), key
+                assert a is None or (a - b).norm() <= 1e-5 * a.norm(), (key, (a - b).norm() / a.norm())
+    assert layouts >= ({None, 0, 1, 2} if arch is MOCHI else {None})
+    native.activate(())
+    output = torch.randn(3, 4)
+    assert native.output_delta(native.weight_keys()[0])(None, (None,), output) is output     # nothing active
+
+
+def _rows_cols(native, key):
+    target = next(t for t in native.targets if t.weight == key)
+    return (target.out_features * (3 if isinstance(target.layout, int) else 1), target.in_features)

@@ -370,3 +370,12 @@ def test_posterior_mean_trains_on_the_mean_as_comfyui_does(tmp_path, exemplars):
     mean = item.latent_mean[None]
     assert torch.allclose(runs["mean"], mean, atol=1e-5)
     assert not torch.allclose(runs["sample"], mean, atol=1e-3)
+
+
+def test_a_setting_added_since_a_checkpoint_differs_only_off_its_default():
+    from dreamrelation_core.checkpoints import differing_settings
+
+    old = {"train.mask_weight": 50.0}
+    assert differing_settings(old, {**old, "train.group_weights": [1.0, 1.0, 1.0]}) == []
+    assert differing_settings(old, {**old, "train.group_weights": [1.0, 0.0, 0.0]}) == [
+        "train.group_weights (None → [1.0, 0.0, 0.0])"]

@@ -38,6 +38,23 @@ METHODS = {
     "no_subject_loras": ({"subject_loras": False}, INFERENCE_ROLES),
     "base": (None, ()),
 }
+# The study of why hybrid mask training keeps the relation out (`bench quality --study`, docs/benchmarks.md): each
+# variant changes one thing from DreamRelation's row. A step trains one group, so at the benchmark's steps the
+# relation group gets a third of direct LoRA's updates; the mask weight sets how much of each step goes to the
+# group's subjects.
+STUDY = {
+    "dreamrelation": METHODS["dreamrelation"],
+    "dreamrelation_3x_steps": ({"steps_factor": 3}, INFERENCE_ROLES),
+    "direct_lora": METHODS["direct_lora"],
+    "direct_lora_3x_steps": ({"hybrid_masks": False, "rcl": False, "steps_factor": 3}, ROLES),
+    "dreamrelation_mask_weight_10": ({"mask_weight": 10.0}, INFERENCE_ROLES),
+    "dreamrelation_mask_weight_0": ({"mask_weight": 0.0}, INFERENCE_ROLES),
+    "dreamrelation_mask_weight_0_3x_steps": ({"mask_weight": 0.0, "steps_factor": 3}, INFERENCE_ROLES),
+    "dreamrelation_relation_steps_only": ({"group_weights": [1.0, 0.0, 0.0]}, INFERENCE_ROLES),
+    "dreamrelation_relation_half": ({"group_weights": [2.0, 1.0, 1.0]}, INFERENCE_ROLES),
+    "no_hmt": METHODS["no_hmt"],
+}
+VARIANTS = {**METHODS, **STUDY}
 
 
 def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = DEFAULT) -> dict:
@@ -108,10 +125,11 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
             trained = {}      # training overrides -> (base with the trained triplet, seconds it took)
             for method in methods:
                 done = folder / f"{method}.json"
+                overrides, roles = VARIANTS[method]
+                judged = {**settings, "overrides": overrides}
                 if done.is_file():
-                    results[method]["per_relation"][relation] = _cached_verdict(done, settings)
+                    results[method]["per_relation"][relation] = _cached_verdict(done, judged)
                     continue
-                overrides, roles = METHODS[method]
                 if overrides is None:
                     base, train_seconds = build_synthrel_base(protocol.weights), 0.0
                 else:
@@ -130,7 +148,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                 verdict["train_seconds"] = train_seconds
                 results[method]["per_relation"][relation] = verdict
                 if work is not None:
-                    atomic_write_json(done, {"settings": settings, "verdict": verdict})
+                    atomic_write_json(done, {"settings": judged, "verdict": verdict})
     for method, result in results.items():
         rel = result["per_relation"].values()
         result["relation_accuracy"] = statistics.mean(v["relation_accuracy"] for v in rel)
@@ -141,7 +159,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
         result["train_seconds"] = statistics.mean(v["train_seconds"] for v in rel)
     placements = {}
     for method in methods:
-        overrides = METHODS[method][0]
+        overrides = VARIANTS[method][0]
         if method == "dreamrelation" or (overrides and set(overrides) == {"placement"}):
             name = overrides.get("placement", "reference")
             placements[name] = {"method": method, **{k: results[method][k] for k in ("relation_accuracy", "leakage")}}

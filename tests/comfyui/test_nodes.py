@@ -339,16 +339,57 @@ def test_train_node_on_native_wan22_5b(pack, comfy):
     stock.unpatch_model()
 
 
-def test_backend_refuses_dynamic_vram_and_wan21_subclasses_and_flags_training(pack, comfy, monkeypatch):
-    """Current ComfyUI: a dynamically loaded MODEL is refused with the flag that turns it off; a model class derived
-    from WAN21 (VACE, camera, …) is not taken for plain Wan; `in_training` is set while the trainer runs."""
+def test_bypass_mode_trains_as_the_weight_wrappers_and_is_chosen_for_dynamic_vram(pack, comfy, monkeypatch):
+    """Bypass mode (forward hooks the patcher injects) gives the weight wrappers' velocity and LoRA gradients on a
+    native Mochi (fused q/k/v) and Wan model, leaves no hook behind after the run, and is what a dynamically loaded
+    MODEL (current ComfyUI's dynamic VRAM) gets; asking for weight wrappers there names the flag."""
     from dreamrelation_pack.dreamrelation_core.triplet import TripletConfig
 
     backend = pack["backend"]
+    for arch, channels, tokens in (("wan", 16, 7), ("mochi", 12, 16)):
+        outputs = {}
+        for bypass in (False, True):
+            trainer = backend.ComfyBackend(native_model(comfy, arch), TripletConfig(rank=2, alpha=2), seed=3,
+                                           bypass=bypass)
+            with torch.no_grad():                  # B is zero at init: give the LoRAs an effect to compare
+                for k, p in enumerate(trainer.parameters().values()):
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(k)) * 0.1)
+            trainer.conditioning_of = {"clip": 0}
+            g = torch.Generator().manual_seed(0)
+            text, latents = torch.randn(1, tokens, 32, generator=g), torch.randn(1, channels, 3, 4, 4, generator=g)
+            item = types.SimpleNamespace(name="clip")
+
+            def inside(processed, trainer=trainer, bypass=bypass):
+                trainer.activate(("relation", "subject1", "subject2", "ffn"))
+                v = trainer.velocity(processed, torch.tensor([0.7]), [item])
+                v.square().mean().backward()
+                outputs[bypass] = (v.detach(), {n: p.grad.clone() for n, p in trainer.parameters().items()
+                                                if p.grad is not None})
+
+            cond = [[text, {"attention_mask": torch.ones(1, tokens, dtype=torch.long)} if arch == "mochi" else {}]]
+            uncond = [[torch.zeros_like(text), dict(cond[0][1])]]
+            with torch.inference_mode(False):
+                trainer.run(inside, latents, cond, uncond)
+            linears = [m for m in trainer.patcher.model.modules() if isinstance(m, torch.nn.Linear)]
+            assert not any(m._forward_hooks for m in linears), "a bypass hook outlived the run"
+        (v_w, g_w), (v_b, g_b) = outputs[False], outputs[True]
+        assert torch.allclose(v_b, v_w, atol=1e-5), (arch, (v_b - v_w).abs().max())
+        assert g_w.keys() == g_b.keys() and len(g_w) > 0
+        for name in g_w:
+            assert (g_b[name] - g_w[name]).norm() <= 1e-4 * g_w[name].norm() + 1e-7, (arch, name)
     model = native_model(comfy, "wan")
     monkeypatch.setattr(model, "is_dynamic", lambda: True, raising=False)
+    assert backend.ComfyBackend(model, TripletConfig(rank=2, alpha=2)).bypass
     with pytest.raises(ValueError, match="--disable-dynamic-vram"):
-        backend.ComfyBackend(model, TripletConfig(rank=2, alpha=2))
+        backend.ComfyBackend(model, TripletConfig(rank=2, alpha=2), bypass=False)
+
+
+def test_backend_refuses_wan21_subclasses_and_flags_training(pack, comfy, monkeypatch):
+    """Current ComfyUI: a model class derived from WAN21 (VACE, camera, …) is not taken for plain Wan;
+    `in_training` is set while the trainer runs."""
+    from dreamrelation_pack.dreamrelation_core.triplet import TripletConfig
+
+    backend = pack["backend"]
     derived = native_model(comfy, "wan")
     derived.model.__class__ = type("WAN21_Camera", (comfy.model_base.WAN21,), {})
     with pytest.raises(ValueError, match="MODEL is a WAN21_Camera"):
