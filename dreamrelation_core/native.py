@@ -92,6 +92,10 @@ class NativeTriplet(torch.nn.Module):
         """Run exactly `roles` (others cost nothing and get no gradient)."""
         self.active = set(roles)
 
+    def active_targets(self, targets: list[NativeTarget]) -> list[NativeTarget]:
+        """Those of `targets` whose role runs now (active, at a non-zero strength)."""
+        return [t for t in targets if t.role in self.active and self.strengths[t.role]]
+
     def scale(self, role: str) -> float:
         return self.strengths[role] * self.config.alpha_of(role) / self.config.rank_of(role)
 
@@ -129,6 +133,24 @@ class NativeTriplet(torch.nn.Module):
                     b.copy_(new_b)
 
 
+def add_on_rows(base: torch.Tensor, targets: list[NativeTarget], delta_of, dim: int) -> torch.Tensor:
+    """`base` plus each target's `delta_of(target)` on that target's rows of the native weight, along `dim` (0 for
+    a weight, -1 for a linear's output): a third of them per fused q/k/v slot, or its halves swapped for
+    "swap_halves". The one layout rule of WeightDelta and OutputDelta."""
+    if isinstance(targets[0].layout, int):          # Mochi's fused q/k/v: each slot is a third of the rows
+        chunks = list(base.split(base.shape[dim] // 3, dim=dim))
+        for t in targets:
+            chunks[t.layout] = chunks[t.layout] + delta_of(t)
+        return torch.cat(chunks, dim=dim)
+    for t in targets:
+        delta = delta_of(t)
+        if t.layout == "swap_halves":
+            first, second = delta.chunk(2, dim=dim)
+            delta = torch.cat([second, first], dim=dim)
+        base = base + delta
+    return base
+
+
 class WeightDelta:
     """weight -> weight + Σ_active scale·B·A on this weight's rows (ComfyUI weight-wrapper protocol)."""
 
@@ -136,21 +158,8 @@ class WeightDelta:
         self.triplet, self.targets = triplet, targets
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        active = [t for t in self.targets if t.role in self.triplet.active and self.triplet.strengths[t.role]]
-        if not active:
-            return weight
-        if isinstance(active[0].layout, int):
-            chunks = list(weight.split(weight.shape[0] // 3))
-            for t in active:
-                chunks[t.layout] = chunks[t.layout] + self._delta(t, weight)
-            return torch.cat(chunks)
-        for t in active:
-            delta = self._delta(t, weight)
-            if t.layout == "swap_halves":
-                first, second = delta.chunk(2)
-                delta = torch.cat([second, first])
-            weight = weight + delta
-        return weight
+        active = self.triplet.active_targets(self.targets)
+        return add_on_rows(weight, active, lambda t: self._delta(t, weight), dim=0) if active else weight
 
     def _delta(self, t: NativeTarget, weight: torch.Tensor) -> torch.Tensor:
         a, b = self.triplet.ab(t)
@@ -175,22 +184,10 @@ class OutputDelta:
         self.triplet, self.targets = triplet, targets
 
     def __call__(self, module, args, output: torch.Tensor) -> torch.Tensor:
-        active = [t for t in self.targets if t.role in self.triplet.active and self.triplet.strengths[t.role]]
+        active = self.triplet.active_targets(self.targets)
         if not active:
             return output
-        x = args[0]
-        if isinstance(active[0].layout, int):          # Mochi's fused q/k/v: each slot is a third of the output
-            chunks = list(output.split(output.shape[-1] // 3, dim=-1))
-            for t in active:
-                chunks[t.layout] = chunks[t.layout] + self._delta(t, x, output.dtype)
-            return torch.cat(chunks, dim=-1)
-        for t in active:
-            delta = self._delta(t, x, output.dtype)
-            if t.layout == "swap_halves":
-                first, second = delta.chunk(2, dim=-1)
-                delta = torch.cat([second, first], dim=-1)
-            output = output + delta
-        return output
+        return add_on_rows(output, active, lambda t: self._delta(t, args[0], output.dtype), dim=-1)
 
     def _delta(self, t: NativeTarget, x: torch.Tensor, dtype) -> torch.Tensor:
         a, b = self.triplet.ab(t)
