@@ -120,13 +120,15 @@ def _write_json(result: dict, json_path) -> None:
 
 
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
-        protocol: str | None = None, work=None, out=None, suite: str = "cpu", study: bool = False) -> dict:
+        protocol: str | None = None, work=None, out=None, suite: str = "cpu", study: bool = False,
+        comfyui=None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations;
     `speed`: what the triplet costs over a plain LoRA, training and sampling (speed.py).
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
     that keeps each judged (relation, method), so that a rerun resumes; `study` (quality): the variants of
-    quality.STUDY instead of the methods; `out`: the markdown file for the figures (default `default_doc()`)."""
+    quality.STUDY instead of the methods; `comfyui` (speed): a ComfyUI checkout, to time the ComfyUI path too;
+    `out`: the markdown file for the figures (default `default_doc()`)."""
     from .synthrel import quality, recipe
     from .synthrel.protocol import DEFAULT, get_protocol
 
@@ -149,7 +151,8 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
     elif kind == "speed":
         from . import speed
 
-        result = speed.benchmark(reps=3 if quick else (10 if suite == "cpu" else 3), suite=suite, progress=progress)
+        result = speed.benchmark(reps=3 if quick else (10 if suite == "cpu" else 3), suite=suite, progress=progress,
+                                 comfyui=comfyui)
         markdown = speed.markdown(result)
         print(markdown)
         if not quick:

@@ -92,7 +92,7 @@ def _bench(args) -> int:
     from .bench import run
 
     run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work,
-        out=args.out, suite=args.suite, study=args.study)
+        out=args.out, suite=args.suite, study=args.study, comfyui=args.comfyui)
     return 0
 
 
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("v1", "v2"), default=None,
                    help="SynthRel protocol of base and quality (default: the shipped base's)")
     p.add_argument("--work", help="quality: keep each judged relation × method here; rerun to resume")
+    p.add_argument("--comfyui", help="speed: also time the ComfyUI Train node's path against this ComfyUI checkout "
+                                     "(comfy_over_cli; run in ComfyUI's Python environment)")
     p.add_argument("--study", action="store_true",
                    help="quality: run the hybrid-mask study's variants (steps, mask weight) instead of the methods")
     p.set_defaults(func=_bench)

@@ -7,6 +7,9 @@ so that the machine's load and clock changes hit both alike; a ratio is the quot
   velocity, AdamW) on the same transformer and inputs.
 - `merged_sampling_over_base`: one sampling step (a CFG pair of forward passes) with the inference set merged over
   the same step on the base: after the merge no adapter is left (triplet.merge_inference_set), so ≈ 1.
+- `comfy_over_cli` (with `comfyui`, a ComfyUI checkout): the same training step through the ComfyUI Train node's
+  path (ComfyUI's native model, weight wrappers, guider) over the CLI's diffusers path, on the SynthRel base.
+  The core never imports ComfyUI, so `tools/speed_comfyui.py` measures it in a process of its own.
 The default case is the SynthRel transformer on its own clip (a CPU smoke run, under a minute).
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -93,7 +97,7 @@ def _items(case: SpeedCase, text_dim: int, count: int = 2, seed: int = 0):
     return items
 
 
-def _timed(steps: dict, reps: int, warmup: int, device: torch.device, interleave: bool) -> dict:
+def timed(steps: dict, reps: int, warmup: int, device: torch.device, interleave: bool) -> dict:
     """name -> (median seconds, peak GPU bytes or None) of `steps[name]()` after `warmup` calls each. Interleaved
     (A, B, A, B, …: on the CPU, whose load changes under a run) or one after the other (on a GPU)."""
     cuda = device.type == "cuda"
@@ -220,21 +224,45 @@ def measure(case: SpeedCase, reps: int = 10, device: str = "cpu", warmup: int = 
         if cuda:                      # one model on the GPU at a time
             for name, make in makers.items():
                 step = make()
-                seconds, peak = _timed({name: step}, reps, warmup, dev, False)[name]
+                seconds, peak = timed({name: step}, reps, warmup, dev, False)[name]
                 results[name], results[f"{name}_peak_gb"] = seconds, peak / 2 ** 30
                 del step
                 torch.cuda.empty_cache()
         else:
             for pair in (("dreamrelation_step", "plain_lora_step"), ("merged_sampling_step", "base_sampling_step")):
-                timed = _timed({name: makers[name]() for name in pair}, reps, warmup, dev, True)
-                results.update({name: seconds for name, (seconds, _) in timed.items()})
+                measured = timed({name: makers[name]() for name in pair}, reps, warmup, dev, True)
+                results.update({name: seconds for name, (seconds, _) in measured.items()})
     results["triplet_over_plain"] = results["dreamrelation_step"] / results["plain_lora_step"]
     results["merged_sampling_over_base"] = results["merged_sampling_step"] / results["base_sampling_step"]
     return results
 
 
-def benchmark(reps: int = 10, suite: str = "cpu", progress: bool = True) -> dict:
+COMFYUI_TOOL = Path(__file__).resolve().parents[1] / "tools" / "speed_comfyui.py"
+
+
+def comfy_over_cli(comfyui, reps: int = 10) -> dict:
+    """`tools/speed_comfyui.py` run against the ComfyUI checkout `comfyui` in the Python running this: the ComfyUI
+    path's and the CLI path's step seconds and `comfy_over_cli`. RuntimeError with the tool's last words when it
+    fails (ComfyUI's own requirements missing, say)."""
+    import json
+    import subprocess
+    import sys
+
+    if not COMFYUI_TOOL.is_file():
+        raise FileNotFoundError(f"bench speed --comfyui needs {COMFYUI_TOOL}, which ships in the repository (a "
+                                "checkout of the pack), not in an installed dreamrelation_core")
+    run = subprocess.run([sys.executable, str(COMFYUI_TOOL), "--comfyui", str(comfyui), "--reps", str(reps)],
+                         capture_output=True, text=True)
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines:
+        raise RuntimeError(f"measuring the ComfyUI path against {comfyui} failed (exit {run.returncode}):\n"
+                           f"{run.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def benchmark(reps: int = 10, suite: str = "cpu", progress: bool = True, comfyui=None) -> dict:
     """`suite` "cpu": the SynthRel case on the CPU (a smoke run, under a minute); "gpu": `gpu_cases` on CUDA.
+    `comfyui`: a ComfyUI checkout, to measure `comfy_over_cli` too (`comfy_over_cli`).
     JSON-able: device, per case s/step (GPU: and peak GB) and ratios, and the first case's ratios as headline."""
     from tqdm.auto import tqdm
 
@@ -256,8 +284,11 @@ def benchmark(reps: int = 10, suite: str = "cpu", progress: bool = True) -> dict
     return {"device": f"{name}, torch {torch.__version__})", "suite": suite, "reps": reps, "cases": per_case,
             "triplet_over_plain": first.get("triplet_over_plain"),
             "merged_sampling_over_base": first.get("merged_sampling_over_base"),
-            # The ComfyUI path needs a ComfyUI install, which the core never imports: tests/comfyui measure it.
-            "comfy_over_cli": None}
+            **({"comfy_over_cli": None} if comfyui is None else comfy_fields(comfy_over_cli(comfyui, reps)))}
+
+
+def comfy_fields(measured: dict) -> dict:
+    return {"comfy_over_cli": measured["comfy_over_cli"], "comfy": measured}
 
 
 def markdown(result: dict) -> str:
@@ -283,5 +314,18 @@ def markdown(result: dict) -> str:
     lines += ["", "A DreamRelation step runs only the drawn group's adapters (all four for the relation group, two "
               "for a subject group) and adds the masked loss and RCL; the plain LoRA carries one adapter on the "
               "same modules at the same rank. After the merge no adapter is left, so sampling costs what the base "
-              "costs. `comfy_over_cli` (the ComfyUI path) is not measured here: the core never imports ComfyUI."]
+              "costs."]
+    comfy = result.get("comfy")
+    if comfy:
+        lines += ["", f"The ComfyUI path ({comfy['device']}; ComfyUI's PyTorch attention, as on NVIDIA GPUs; the "
+                      f"triplet as {comfy['mode']}; medians of {comfy['reps']} interleaved steps): a Train node "
+                      "step against the CLI's on the same base, exemplars, settings and seeds.", "",
+                  "| case | ComfyUI path step (s) | CLI path step (s) | comfy / cli |", "|---|---|---|---|"]
+        lines += [f"| {name} | {c['comfy_step']:.4f} | {c['cli_step']:.4f} | {c['comfy_over_cli']:.2f} |"
+                  for name, c in comfy["cases"].items()]
+        lines += ["", "`comfy_over_cli` is the larger clip's: on the protocol's clip a step takes tens of "
+                      "milliseconds, and ComfyUI's per-call work (its guider, weight casting, memory checks) weighs "
+                      "more than it does in real training."]
+    else:
+        lines += ["", "`comfy_over_cli` (the ComfyUI path) needs a ComfyUI checkout: `bench speed --comfyui DIR`."]
     return "\n".join(lines)
