@@ -262,7 +262,7 @@ def comfy_over_cli(comfyui, reps: int = 10) -> dict:
 
 def benchmark(reps: int = 10, suite: str = "cpu", progress: bool = True, comfyui=None) -> dict:
     """`suite` "cpu": the SynthRel case on the CPU (a smoke run, under a minute); "gpu": `gpu_cases` on CUDA.
-    `comfyui`: a ComfyUI checkout, to measure `comfy_over_cli` too (`comfy_over_cli`).
+    `comfyui`: a ComfyUI checkout, to measure `comfy_over_cli` too.
     JSON-able: device, per case s/step (GPU: and peak GB) and ratios, and the first case's ratios as headline."""
     from tqdm.auto import tqdm
 
@@ -281,14 +281,13 @@ def benchmark(reps: int = 10, suite: str = "cpu", progress: bool = True, comfyui
             per_case[case.name] = {"error": f"out of memory: {str(error).splitlines()[0]}"}
             torch.cuda.empty_cache()
     first = per_case[cases[0].name]
-    return {"device": f"{name}, torch {torch.__version__})", "suite": suite, "reps": reps, "cases": per_case,
-            "triplet_over_plain": first.get("triplet_over_plain"),
-            "merged_sampling_over_base": first.get("merged_sampling_over_base"),
-            **({"comfy_over_cli": None} if comfyui is None else comfy_fields(comfy_over_cli(comfyui, reps)))}
-
-
-def comfy_fields(measured: dict) -> dict:
-    return {"comfy_over_cli": measured["comfy_over_cli"], "comfy": measured}
+    result = {"device": f"{name}, torch {torch.__version__})", "suite": suite, "reps": reps, "cases": per_case,
+              "triplet_over_plain": first.get("triplet_over_plain"),
+              "merged_sampling_over_base": first.get("merged_sampling_over_base"), "comfy_over_cli": None}
+    if comfyui is not None:
+        result["comfy"] = comfy_over_cli(comfyui, reps)
+        result["comfy_over_cli"] = result["comfy"]["comfy_over_cli"]
+    return result
 
 
 def markdown(result: dict) -> str:

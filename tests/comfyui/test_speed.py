@@ -7,7 +7,7 @@ import pytest
 from .conftest import COMFYUI_PATH, stub_path
 
 
-def test_bench_speed_times_the_comfyui_path_against_the_cli_path(monkeypatch, tmp_path):
+def test_bench_speed_times_the_comfyui_path_against_the_cli_path(monkeypatch):
     from dreamrelation_core import speed
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (stub_path(), os.environ.get("PYTHONPATH")))))
