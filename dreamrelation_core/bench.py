@@ -3,6 +3,7 @@ docs/benchmarks.md in a checkout, else to `--out` (one section per benchmark, re
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -121,18 +122,29 @@ def _write_json(result: dict, json_path) -> None:
 
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
         protocol: str | None = None, work=None, out=None, suite: str = "cpu", study: bool = False,
-        comfyui=None) -> dict:
+        comfyui=None, base_weights=None, relations=None, prompts: int | None = None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations;
     `speed`: what the triplet costs over a plain LoRA, training and sampling (speed.py).
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
     that keeps each judged (relation, method), so that a rerun resumes; `study` (quality): the variants of
     quality.STUDY instead of the methods; `comfyui` (speed): a ComfyUI checkout, to time the ComfyUI path too;
-    `out`: the markdown file for the figures (default `default_doc()`)."""
+    `out`: the markdown file for the figures (default `default_doc()`). `base_weights`, `relations`, `prompts`
+    (quality): another base of the protocol, a subset of the held-out relations, another number of prompts; such
+    a run is not the shipped one, so its table goes only to an `out` that is named."""
     from .synthrel import quality, recipe
+    from .synthrel.base import HELD_OUT
     from .synthrel.protocol import DEFAULT, get_protocol
 
+    if (relations is not None or prompts is not None) and kind != "quality":
+        raise ValueError("relations and prompts: options of the quality benchmark only")
+    if base_weights is not None and kind not in ("base", "quality"):
+        raise ValueError("base_weights: an option of the base and quality benchmarks only")
+
     chosen = DEFAULT if protocol is None else get_protocol(protocol)
+    if base_weights is not None:
+        chosen = dataclasses.replace(chosen, weights=Path(base_weights))
+    custom = base_weights is not None or relations is not None or prompts is not None
     doc = Path(out) if out else default_doc()
     if kind in ("base", "quality") and not chosen.weights.is_file():
         raise FileNotFoundError(f"no SynthRel {chosen.name} base at {chosen.weights}: pretrain it first "
@@ -141,9 +153,13 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress, protocol=chosen)
         markdown = quality.base_markdown(result, chosen.name)
     elif kind == "quality":
-        result = quality.benchmark(steps=30 if quick else recipe.TRAIN_STEPS,
+        unknown = sorted(set(relations or ()) - set(HELD_OUT))
+        if unknown:
+            raise ValueError(f"relations: {unknown} are not held-out relations; expected some of {list(HELD_OUT)}")
+        result = quality.benchmark(relations=tuple(relations or HELD_OUT), steps=30 if quick else recipe.TRAIN_STEPS,
                                    methods=tuple(quality.STUDY if study else quality.METHODS),
-                                   prompts=2 if quick else quality.PROMPTS, seeds=(0,) if quick else (0, 1, 2),
+                                   prompts=prompts or (2 if quick else quality.PROMPTS),
+                                   seeds=(0,) if quick else (0, 1, 2),
                                    progress=progress, protocol=chosen, work=None if work is None else Path(work))
         markdown = quality.markdown(result)
     elif kind == "evaluator":
@@ -162,7 +178,9 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
     else:
         raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base, quality or speed")
     print(markdown)
-    if not quick:      # each protocol has its own section: the v1 tables stay as history
+    if custom and not out:
+        print("not written to docs: a run with another base, relations or prompts goes only to --out")
+    elif not quick:      # each protocol has its own section: the v1 tables stay as history
         section = (kind if chosen.name == "v1" else f"{kind}_{chosen.name}") + ("_study" if study else "")
         print(f"figures written to {write_section(section, markdown, doc)}")
     _write_json(result, json_path)

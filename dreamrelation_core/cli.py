@@ -92,7 +92,8 @@ def _bench(args) -> int:
     from .bench import run
 
     run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work,
-        out=args.out, suite=args.suite, study=args.study, comfyui=args.comfyui)
+        out=args.out, suite=args.suite, study=args.study, comfyui=args.comfyui, base_weights=args.base_weights,
+        relations=args.relation or None, prompts=args.prompts)
     return 0
 
 
@@ -101,8 +102,9 @@ def _pretrain_synthrel(args) -> int:
 
     path = pretrain(Path(args.out), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                     max_steps=args.max_steps, protocol=args.protocol, init=args.init,
-                    sigma_shift=args.sigma_shift)
-    print(f"{'checkpoint (rerun to resume)' if path.suffix == '.pt' else 'weights'}: {path}")
+                    sigma_shift=args.sigma_shift, ema_decay=args.ema_decay, prior=tuple(args.prior_relation))
+    stopped = path.name != "synthrel_base.safetensors"
+    print(f"{'weights so far (rerun without --max-steps to go on)' if stopped else 'weights'}: {path}")
     return 0
 
 
@@ -199,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(comfy_over_cli; run in ComfyUI's Python environment)")
     p.add_argument("--study", action="store_true",
                    help="quality: run the hybrid-mask study's variants (steps, mask weight) instead of the methods")
+    p.add_argument("--base-weights", help="base, quality: these SynthRel base weights instead of the protocol's "
+                                          "shipped ones (the table then goes only to --out)")
+    p.add_argument("--relation", action="append", default=[],
+                   help="quality: judge this held-out relation only (repeatable; default: all)")
+    p.add_argument("--prompts", type=_positive_int, help="quality: test prompts per relation (default 8)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("pretrain-synthrel", help="pretrain the SynthRel base (all relations but the held-out ones)")
@@ -214,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from these weights (e.g. the shipped v1 base) instead of a random init")
     p.add_argument("--sigma-shift", type=float, default=2.0,
                    help="noise-level shift s of σ = s·u / (1 + (s − 1)·u): above 1, more steps at high noise")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average")
+    p.add_argument("--prior-relation", action="append", default=[],
+                   help="also show this held-out relation (as often as a known one), for a base that renders it "
+                        "weakly; stop early with --max-steps to keep it weak (repeatable)")
     p.set_defaults(func=_pretrain_synthrel)
 
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "

@@ -56,6 +56,7 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     assert result["placements"]["reference"]["method"] == "dreamrelation"
     assert set(result["placements"]["motion_vo"]["vs_reference"]) == {"difference", "low", "high", "beyond_noise"}
     assert "| dreamrelation |" in quality.markdown(result) and "motion_vo − reference" in quality.markdown(result)
+    assert f"base `{quality.DEFAULT.weights.name}`." in quality.markdown(result)
     # One training run per distinct setting: the all-roles diagnostic reuses DreamRelation's triplet.
     assert len(runs) == 8 and [r.subject_loras for r in runs].count(False) == 1
     assert runs[0].hybrid_masks and runs[0].subject_loras                  # DreamRelation's own run comes first
@@ -186,3 +187,38 @@ def test_study_variants_train_what_their_names_say(tmp_path):
     assert configs["dreamrelation_relation_steps_only"].group_weights == [1.0, 0.0, 0.0]
     assert configs["direct_lora_3x_steps"].steps == 300 and not configs["direct_lora_3x_steps"].hybrid_masks
     assert configs["dreamrelation"] == base and base.group_weights == [1.0, 1.0, 1.0]
+
+
+def test_quality_benchmark_on_another_base_goes_only_to_out(tmp_path, monkeypatch, capsys):
+    """`bench quality --base-weights W --relation R --prompts N`: the benchmark runs on that base (a weak-prior one,
+    docs/benchmarks.md), that relation and that many prompts; docs/benchmarks.md keeps the shipped run."""
+    import shutil
+
+    from dreamrelation_core import bench
+    from dreamrelation_core.cli import main
+    from dreamrelation_core.synthrel import quality
+
+    calls = []
+
+    def benchmark(**kwargs):
+        calls.append(kwargs)
+        return {"stub": True}
+
+    monkeypatch.setattr(quality, "benchmark", benchmark)
+    monkeypatch.setattr(quality, "markdown", lambda result: "| weak-prior figures |")
+    weights = shutil.copy(quality.DEFAULT.weights, tmp_path / "weak.safetensors")
+    shipped_docs = bench.DOC.read_text()
+    assert main(["bench", "quality", "--base-weights", str(weights), "--relation", "pushes", "--prompts", "16"]) == 0
+    assert "not written to docs" in capsys.readouterr().out and bench.DOC.read_text() == shipped_docs
+    (call,) = calls
+    assert call["protocol"].weights == weights and call["protocol"].name == quality.DEFAULT.name
+    assert call["relations"] == ("pushes",) and call["prompts"] == 16 and call["seeds"] == (0, 1, 2)
+    assert main(["bench", "quality", "--base-weights", str(weights), "--out", str(tmp_path / "weak.md")]) == 0
+    assert calls[-1]["relations"] == quality.HELD_OUT and calls[-1]["prompts"] == quality.PROMPTS
+    assert "| weak-prior figures |" in (tmp_path / "weak.md").read_text()
+    with pytest.raises(ValueError, match=r"relations: \['follows'\] are not held-out relations"):
+        bench.run("quality", relations=["follows"], progress=False)
+    with pytest.raises(ValueError, match="options of the quality benchmark only"):
+        bench.run("base", prompts=3, progress=False)
+    with pytest.raises(FileNotFoundError, match="no SynthRel v2 base at .*missing.safetensors"):
+        bench.run("quality", base_weights=tmp_path / "missing.safetensors", progress=False)

@@ -3,7 +3,7 @@ import torch
 
 from dreamrelation_core.archs import SYNTHREL
 from dreamrelation_core.bases import load_base
-from dreamrelation_core.synthrel.base import HELD_OUT, KNOWN, PixelCodec, pretrain, random_clip
+from dreamrelation_core.synthrel.base import HELD_OUT, KNOWN, PixelCodec, model_card, pretrain, random_clip
 from dreamrelation_core.synthrel.protocol import DEFAULT
 
 
@@ -32,8 +32,12 @@ def test_synthrel_base_loads_and_runs():
 
 def test_pretraining_resumes_where_it_stopped(tmp_path):
     pretrain(tmp_path / "a", steps=4, batch=1, checkpoint_every=2, progress=False)
-    assert pretrain(tmp_path / "b", steps=4, batch=1, checkpoint_every=2, progress=False, max_steps=2).name == \
-        "pretrain_state.pt"
+    # A run stopped early writes the EMA it has reached, to be judged before it goes on.
+    from safetensors.torch import load_file
+    partial = pretrain(tmp_path / "b", steps=4, batch=1, checkpoint_every=2, progress=False, max_steps=2)
+    state = torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=True)
+    assert partial.name == "synthrel_base_step2.safetensors" and state["step"] == 2
+    assert all(torch.equal(load_file(str(partial))[k], v) for k, v in state["ema"].items())
     # A run killed after its checkpoint has logged steps that the resumed run does again: they must not double.
     with open(tmp_path / "b" / "log.jsonl", "a") as log:
         log.write('{"step": 3, "loss": 9.0}\n')
@@ -42,14 +46,12 @@ def test_pretraining_resumes_where_it_stopped(tmp_path):
               for d in ("a", "b")]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
     # The shipped weights are the EMA, not the last training weights.
-    from safetensors.torch import load_file
     state = torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=True)
     shipped = load_file(str(tmp_path / "b" / "synthrel_base.safetensors"))
     assert all(torch.equal(shipped[k], v) for k, v in state["ema"].items())
     assert any(not torch.equal(shipped[k], v) for k, v in state["model"].items())
     # The model card describes the run it is given (its recorded transformer), not whatever the code holds now.
     import json
-    from dreamrelation_core.synthrel.base import model_card
     settings = json.loads((tmp_path / "a" / "pretrain.json").read_text())
     assert settings["transformer"]["num_layers"] == SYNTHREL.tiny_transformer["num_layers"]
     settings["transformer"]["num_layers"] = 99
@@ -63,7 +65,6 @@ def test_v2_pretraining_draws_textured_clips_and_partial_captions(tmp_path):
     import json
     import random
 
-    from dreamrelation_core.synthrel.base import model_card
     from dreamrelation_core.synthrel.protocol import V2
     from dreamrelation_core.synthrel.render import parse_caption
 
@@ -92,7 +93,6 @@ def test_pretraining_can_start_from_another_protocols_base(tmp_path):
 
     from safetensors.torch import load_file
 
-    from dreamrelation_core.synthrel.base import model_card
     from dreamrelation_core.synthrel.protocol import V1
 
     pretrain(tmp_path, steps=1, batch=1, lr=0.0, progress=False, protocol="v2", init=V1.weights)
@@ -103,3 +103,30 @@ def test_pretraining_can_start_from_another_protocols_base(tmp_path):
     assert f"Initialised from `{V1.weights.name}`" in card and "--init dreamrelation_core/synthrel/weights/" in card
     with pytest.raises(FileNotFoundError, match="init: no weights file at .*missing.safetensors"):
         pretrain(tmp_path / "x", steps=1, init=tmp_path / "missing.safetensors")
+
+
+def test_pretraining_can_give_the_base_a_weak_prior_on_a_held_out_relation(tmp_path, monkeypatch):
+    """`prior`: a held-out relation drawn as often as a known one (docs/benchmarks.md, "A base that renders the
+    held-out relation weakly"), recorded in pretrain.json and the model card; a known relation is refused by name."""
+    import json
+
+    from dreamrelation_core.cli import main
+    from dreamrelation_core.synthrel import base as base_module
+
+    drawn, original = [], base_module.random_clip
+
+    def random_clip(rng, relations, protocol):
+        drawn.append(relations)
+        return original(rng, relations, protocol)
+
+    monkeypatch.setattr(base_module, "random_clip", random_clip)
+    assert main(["pretrain-synthrel", "--out", str(tmp_path), "--steps", "1", "--batch", "2", "--protocol", "v2",
+                 "--prior-relation", "pushes", "--ema-decay", "0.99"]) == 0
+    assert drawn == [KNOWN + ("pushes",)] * 2
+    settings = json.loads((tmp_path / "pretrain.json").read_text())
+    assert settings["prior"] == ["pushes"] and settings["ema_decay"] == 0.99
+    card = model_card(tmp_path, {})
+    assert "Held out (never seen): orbits. Seen as often as a known relation, for a weak prior: pushes." in card
+    assert "--prior-relation 'pushes' --ema-decay 0.99`" in card
+    with pytest.raises(ValueError, match=r"prior: \['follows'\] are not held-out relations"):
+        pretrain(tmp_path / "x", steps=1, prior=("follows",))

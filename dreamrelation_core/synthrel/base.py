@@ -97,10 +97,14 @@ def random_clip(rng: random.Random, relations=KNOWN, protocol: Protocol = DEFAUL
 def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
              caption_dropout: float = 0.1, sigma_shift: float = 2.0, ema_decay: float = 0.999,
              checkpoint_every: int = 500, progress: bool = True, max_steps: int | None = None,
-             protocol: str = "v1", init: Path | None = None) -> Path:
+             protocol: str = "v1", init: Path | None = None, prior: tuple = ()) -> Path:
     """Flow-matching pretraining of the SynthRel base on the KNOWN relations of `protocol`'s clips; resumes from
     `out` if it holds a checkpoint, stops after `max_steps` in total (the schedule still spans `steps`). Writes
-    `out/synthrel_base.safetensors` (at the end), `out/log.jsonl` and `out/pretrain.json`. `init`: start from
+    `out/synthrel_base.safetensors` (at the end; a run stopped by `max_steps` writes the EMA it has reached as
+    `out/synthrel_base_step<N>.safetensors` and returns that), `out/log.jsonl` and `out/pretrain.json`.
+    `prior`: held-out relations shown as well, each as often as a known one, for a base that renders them weakly,
+    as the paper's base renders its relations before training (docs/benchmarks.md, "A base that renders the
+    held-out relation weakly"); stopping early keeps that prior weak. `init`: start from
     these weights (a base of another protocol: same transformer, and RoPE takes the other clip size) instead of a
     random init; the v2 base starts from the shipped v1 base, which already knows the relations, colours and shapes.
 
@@ -115,6 +119,10 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     from ..losses import as_random_state
 
     clip = get_protocol(protocol)
+    if any(r not in HELD_OUT for r in prior):
+        raise ValueError(f"prior: {[r for r in prior if r not in HELD_OUT]} are not held-out relations; expected "
+                         f"some of {list(HELD_OUT)}")
+    relations = KNOWN + tuple(prior)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if init is not None and not Path(init).is_file():
@@ -142,7 +150,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     bar = tqdm(total=end, initial=step, desc="pretraining SynthRel base", disable=not progress)
     log = open(out / "log.jsonl", "a")
     while step < end:
-        clips = [random_clip(rng, KNOWN, clip) for _ in range(batch)]
+        clips = [random_clip(rng, relations, clip) for _ in range(batch)]
         z0, _ = base.codec.encode(torch.stack([c[0] for c in clips]))
         text, mask = base.text_encoder.encode([c[1] for c in clips])
         drop = torch.rand(batch, generator=generator) < caption_dropout
@@ -174,15 +182,18 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
             tmp.replace(state_path)
     bar.close()
     log.close()
+    weights = out / ("synthrel_base.safetensors" if step >= steps else f"synthrel_base_step{step}.safetensors")
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp))
+    tmp.replace(weights)
     if step < steps:
-        return state_path
-    weights = out / "synthrel_base.safetensors"
-    save_file({k: v.contiguous() for k, v in ema.items()}, str(weights))
+        return weights
     (out / "pretrain.json").write_text(json.dumps({"steps": steps, "batch": batch, "lr": lr, "seed": seed,
                                                    "caption_dropout": caption_dropout,
                                                    "sigma_shift": sigma_shift, "ema_decay": ema_decay,
                                                    "prediction": SYNTHREL.prediction, "known": KNOWN,
-                                                   "held_out": HELD_OUT, "protocol": protocol,
+                                                   "held_out": HELD_OUT, "prior": list(prior),
+                                                   "protocol": protocol,
                                                    "init": None if init is None else Path(init).name,
                                                    "transformer": SYNTHREL.tiny_transformer}, indent=2) + "\n")
     return weights
@@ -219,7 +230,9 @@ def model_card(run_dir: Path, report: dict) -> str:
              "pixel map (no VAE).", "",
              "## Data and training", "",
              f"- Relations: {', '.join(settings['known'])}. Held out (never seen): "
-             f"{', '.join(settings['held_out'])}.",
+             f"{', '.join(r for r in settings['held_out'] if r not in settings.get('prior', ()))}."
+             + (f" Seen as often as a known relation, for a weak prior: {', '.join(settings['prior'])}."
+                if settings.get("prior") else ""),
              "- Clips rendered on the fly: random relation, two random distinct-colour subjects "
              + ("(6 colours × 7 textures × 4 shapes; captions name all of a subject's attributes in half the clips, "
                 "none ('a shape') in 0.15, another subset otherwise)" if clip.textured else
@@ -239,6 +252,11 @@ def model_card(run_dir: Path, report: dict) -> str:
                                              f"runs/synthrel_base --steps {settings['steps']} --batch "
                                              f"{settings['batch']} --lr {settings['lr']} --seed {settings['seed']}"
                                              + (f" --protocol {clip.name}" if clip.name != "v1" else "")
+                                             + "".join(f" --prior-relation '{r}'" for r in settings.get("prior", ()))
+                                             + (f" --ema-decay {settings['ema_decay']}"
+                                                if settings.get("ema_decay", 0.999) != 0.999 else "")
+                                             + (f" --sigma-shift {settings['sigma_shift']}"
+                                                if settings.get("sigma_shift", 2.0) != 2.0 else "")
                                              + (f" --init dreamrelation_core/synthrel/weights/{settings['init']}"
                                                 if settings.get("init") else "") + "`")
              + ".",

@@ -169,7 +169,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
     comparisons = {}
     if {"dreamrelation", "direct_lora"} <= set(results):
         comparisons["dreamrelation_vs_direct_lora"] = compare(results, "dreamrelation", "direct_lora")
-    return {"protocol": protocol.name, "methods": results, "placements": placements, "comparisons": comparisons,
+    return {"protocol": protocol.name, "base_weights": protocol.weights.name, "base_sha256": settings["base_sha256"],
+            "methods": results, "placements": placements, "comparisons": comparisons,
             "relations": list(relations), "exemplars": exemplars, "steps": steps,
             "train_sigma_min": TRAIN_SIGMA_MIN, "prompts": prompts, "seeds": list(seeds),
             "sample_steps": sample_steps, "cfg": cfg,
@@ -201,7 +202,8 @@ def markdown(result: dict) -> str:
              f"from two appearance pairs, colours {', '.join(result['exemplar_colours'])}); {result['steps']} "
              f"training steps on σ ∈ [{result['train_sigma_min']}, 1]; {result['prompts']} prompts with unseen "
              f"subjects (colours {', '.join(result['test_colours'])}) × seeds {result['seeds']}; "
-             f"{result['sample_steps']} Euler steps, CFG {result['cfg']}.",
+             f"{result['sample_steps']} Euler steps, CFG {result['cfg']}"
+             + (f"; base `{result['base_weights']}`." if "base_weights" in result else "."),
              "",
              "| method | relation accuracy (mean ± spread over seeds) | leakage | subjects present | named "
              "attributes rendered | train s |",
