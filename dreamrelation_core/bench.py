@@ -161,7 +161,7 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
                                    prompts=prompts or (2 if quick else quality.PROMPTS),
                                    seeds=(0,) if quick else (0, 1, 2),
                                    progress=progress, protocol=chosen, work=None if work is None else Path(work))
-        markdown = quality.markdown(result)
+        markdown = quality.markdown(result, study)
     elif kind == "evaluator":
         return _evaluator(clips, json_path, progress, doc)
     elif kind == "speed":

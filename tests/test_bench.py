@@ -50,6 +50,8 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
         "dreamrelation_motion_vo", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras", "base"]
     for method in result["methods"].values():
         assert 0.0 <= method["relation_accuracy"] <= 1.0 and 0.0 <= method["leakage"] <= 1.0
+        clips = method["per_relation"]["pushes"]["clips"]
+        assert method["relation_without_leak"] == sum(c["relation"] and not c["leaked"] for c in clips) / len(clips)
         assert len(method["per_relation"]["pushes"]["per_seed"]) == 2
         assert len(method["per_relation"]["pushes"]["clips"]) == 2
     assert result["protocol"] == quality.DEFAULT.name and sorted(result["placements"]) == sorted(quality.SYNTHREL.placements)
@@ -57,6 +59,9 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     assert set(result["placements"]["motion_vo"]["vs_reference"]) == {"difference", "low", "high", "beyond_noise"}
     assert "| dreamrelation |" in quality.markdown(result) and "motion_vo − reference" in quality.markdown(result)
     assert f"base `{quality.DEFAULT.weights.name}`." in quality.markdown(result)
+    assert set(result["comparisons"]) == {"dreamrelation_vs_direct_lora", "dreamrelation_vs_direct_lora_without_leak"}
+    assert "| dreamrelation − direct_lora, relation without a leak |" in quality.markdown(result)
+    assert quality.markdown(result, study=True).startswith("## SynthRel quality benchmark (protocol v2): the hybrid")
     # One training run per distinct setting: the all-roles diagnostic reuses DreamRelation's triplet.
     assert len(runs) == 8 and [r.subject_loras for r in runs].count(False) == 1
     assert runs[0].hybrid_masks and runs[0].subject_loras                  # DreamRelation's own run comes first
@@ -205,7 +210,7 @@ def test_quality_benchmark_on_another_base_goes_only_to_out(tmp_path, monkeypatc
         return {"stub": True}
 
     monkeypatch.setattr(quality, "benchmark", benchmark)
-    monkeypatch.setattr(quality, "markdown", lambda result: "| weak-prior figures |")
+    monkeypatch.setattr(quality, "markdown", lambda result, study: "| weak-prior figures |")
     weights = shutil.copy(quality.DEFAULT.weights, tmp_path / "weak.safetensors")
     shipped_docs = bench.DOC.read_text()
     assert main(["bench", "quality", "--base-weights", str(weights), "--relation", "pushes", "--prompts", "16"]) == 0

@@ -74,9 +74,18 @@ def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: P
     accuracies = [sum(v) / len(v) for v in per_seed.values()]
     return {"relation_accuracy": statistics.mean(accuracies),
             "relation_accuracy_spread": statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0,
-            "per_seed": accuracies, "clips": clips, **{name: statistics.mean(c[key] for c in clips) for name, key in
+            "per_seed": accuracies, "clips": clips, **{name: statistics.mean(outcomes(clips, key)) for name, key in
                                                        (("leakage", "leaked"), ("subjects_present", "present"),
-                                                        ("attributes_match", "attributes"))}}
+                                                        ("attributes_match", "attributes"),
+                                                        ("relation_without_leak", "relation_without_leak"))}}
+
+
+def outcomes(clips, key: str) -> list:
+    """Each clip's `key` verdict; "relation_without_leak": the relation rendered with no exemplar look, the
+    paper's claim in one outcome (a relation carried over to new subjects without the exemplars' looks)."""
+    if key == "relation_without_leak":
+        return [c["relation"] and not c["leaked"] for c in clips]
+    return [c[key] for c in clips]
 
 
 def paired_bootstrap(a, b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
@@ -95,8 +104,8 @@ def paired_bootstrap(a, b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) 
 
 def compare(results: dict, a: str, b: str, key: str = "relation") -> dict:
     """paired_bootstrap of methods `a` and `b` over every judged clip of every relation."""
-    outcomes = {m: [c[key] for r in results[m]["per_relation"].values() for c in r["clips"]] for m in (a, b)}
-    return paired_bootstrap(outcomes[a], outcomes[b])
+    paired = {m: outcomes([c for r in results[m]["per_relation"].values() for c in r["clips"]], key) for m in (a, b)}
+    return paired_bootstrap(paired[a], paired[b])
 
 
 def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, steps: int = TRAIN_STEPS,
@@ -154,6 +163,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
         result["relation_accuracy"] = statistics.mean(v["relation_accuracy"] for v in rel)
         result["relation_accuracy_spread"] = statistics.mean(v["relation_accuracy_spread"] for v in rel)
         result["leakage"] = statistics.mean(v["leakage"] for v in rel)
+        result["relation_without_leak"] = statistics.mean(statistics.mean(outcomes(v["clips"], "relation_without_leak"))
+                                                          for v in rel)
         result["subjects_present"] = statistics.mean(v["subjects_present"] for v in rel)
         result["attributes_match"] = statistics.mean(v["attributes_match"] for v in rel)
         result["train_seconds"] = statistics.mean(v["train_seconds"] for v in rel)
@@ -169,6 +180,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
     comparisons = {}
     if {"dreamrelation", "direct_lora"} <= set(results):
         comparisons["dreamrelation_vs_direct_lora"] = compare(results, "dreamrelation", "direct_lora")
+        comparisons["dreamrelation_vs_direct_lora_without_leak"] = compare(results, "dreamrelation", "direct_lora",
+                                                                           "relation_without_leak")
     return {"protocol": protocol.name, "base_weights": protocol.weights.name, "base_sha256": settings["base_sha256"],
             "methods": results, "placements": placements, "comparisons": comparisons,
             "relations": list(relations), "exemplars": exemplars, "steps": steps,
@@ -195,8 +208,9 @@ def _cached_verdict(path: Path, settings: dict) -> dict:
     return saved["verdict"]
 
 
-def markdown(result: dict) -> str:
-    lines = [f"## SynthRel quality benchmark (protocol {result.get('protocol', 'v1')})",
+def markdown(result: dict, study: bool = False) -> str:
+    lines = [f"## SynthRel quality benchmark (protocol {result.get('protocol', 'v1')})"
+             + (": the hybrid-mask study" if study else ""),
              "",
              f"Held-out relations {', '.join(result['relations'])}; {result['exemplars']} exemplars each (subjects "
              f"from two appearance pairs, colours {', '.join(result['exemplar_colours'])}); {result['steps']} "
@@ -205,19 +219,21 @@ def markdown(result: dict) -> str:
              f"{result['sample_steps']} Euler steps, CFG {result['cfg']}"
              + (f"; base `{result['base_weights']}`." if "base_weights" in result else "."),
              "",
-             "| method | relation accuracy (mean ± spread over seeds) | leakage | subjects present | named "
-             "attributes rendered | train s |",
-             "|---|---|---|---|---|---|"]
+             "| method | relation accuracy (mean ± spread over seeds) | leakage | relation without a leak | "
+             "subjects present | named attributes rendered | train s |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
         lines.append(f"| {name} | {m['relation_accuracy']:.3f} ± {m['relation_accuracy_spread']:.3f} | "
-                     f"{m['leakage']:.3f} | {m['subjects_present']:.3f} | {m.get('attributes_match', 0.0):.3f} | "
-                     f"{m['train_seconds']:.0f} |")
+                     f"{m['leakage']:.3f} | {m['relation_without_leak']:.3f} | {m['subjects_present']:.3f} | "
+                     f"{m.get('attributes_match', 0.0):.3f} | {m['train_seconds']:.0f} |")
+    labels = {"dreamrelation_vs_direct_lora": "dreamrelation − direct_lora",
+              "dreamrelation_vs_direct_lora_without_leak": "dreamrelation − direct_lora, relation without a leak"}
     pairs = [(f"{p} − reference", v["vs_reference"]) for p, v in result.get("placements", {}).items()
-             if "vs_reference" in v] + [("dreamrelation − direct_lora", c) for c in
-                                        result.get("comparisons", {}).values()]
+             if "vs_reference" in v] + [(labels[k], c) for k, c in result.get("comparisons", {}).items()]
     if pairs:
         lines += ["", "Paired bootstrap of the relation accuracy difference over the same judged clips (95% "
-                      "interval; beyond noise when it excludes 0):", "",
+                      "interval; beyond noise when it excludes 0); \"relation without a leak\": the relation "
+                      "rendered with no exemplar colour or texture, the paper's claim in one outcome:", "",
                   "| comparison | difference | 95% interval | beyond noise |", "|---|---|---|---|"]
         lines += [f"| {name} | {c['difference']:+.3f} | [{c['low']:+.3f}, {c['high']:+.3f}] | "
                   f"{'yes' if c['beyond_noise'] else 'no'} |" for name, c in pairs]
