@@ -133,7 +133,7 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
     (quality): another base of the protocol, a subset of the held-out relations, another number of prompts; such
     a run is not the shipped one, so its table goes only to an `out` that is named."""
     from .synthrel import quality, recipe
-    from .synthrel.base import HELD_OUT
+    from .synthrel.base import HELD_OUT, held_out_only
     from .synthrel.protocol import DEFAULT, get_protocol
 
     if (relations is not None or prompts is not None) and kind != "quality":
@@ -153,10 +153,8 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         result = quality.base_report(prompts_per_relation=2 if quick else 6, progress=progress, protocol=chosen)
         markdown = quality.base_markdown(result, chosen.name)
     elif kind == "quality":
-        unknown = sorted(set(relations or ()) - set(HELD_OUT))
-        if unknown:
-            raise ValueError(f"relations: {unknown} are not held-out relations; expected some of {list(HELD_OUT)}")
-        result = quality.benchmark(relations=tuple(relations or HELD_OUT), steps=30 if quick else recipe.TRAIN_STEPS,
+        result = quality.benchmark(relations=held_out_only(relations or HELD_OUT, "relations"),
+                                   steps=30 if quick else recipe.TRAIN_STEPS,
                                    methods=tuple(quality.STUDY if study else quality.METHODS),
                                    prompts=prompts or (2 if quick else quality.PROMPTS),
                                    seeds=(0,) if quick else (0, 1, 2),

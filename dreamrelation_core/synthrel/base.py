@@ -70,6 +70,14 @@ def build_synthrel_base(weights: Path | None = DEFAULT.weights, seed: int = 0):
     return Base(arch=SYNTHREL, transformer=transformer, text_encoder=text, codec=PixelCodec(), name="synthrel")
 
 
+def held_out_only(relations, what: str) -> tuple:
+    """`relations` as a tuple; refused, naming the input `what`, unless every one is a held-out relation."""
+    unknown = [r for r in relations if r not in HELD_OUT]
+    if unknown:
+        raise ValueError(f"{what}: {unknown} are not held-out relations; expected some of {list(HELD_OUT)}")
+    return tuple(relations)
+
+
 def random_naming(rng: random.Random) -> tuple:
     """Which attributes a v2 caption names of one subject (FULL_NAMING, GENERIC_NAMING, else a uniform other
     subset): a generic "a shape" or "a circle" then stands for any look, as "a person" does for a video model."""
@@ -119,10 +127,7 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     from ..losses import as_random_state
 
     clip = get_protocol(protocol)
-    if any(r not in HELD_OUT for r in prior):
-        raise ValueError(f"prior: {[r for r in prior if r not in HELD_OUT]} are not held-out relations; expected "
-                         f"some of {list(HELD_OUT)}")
-    relations = KNOWN + tuple(prior)
+    relations = KNOWN + held_out_only(prior, "prior")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if init is not None and not Path(init).is_file():

@@ -163,6 +163,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
         result["relation_accuracy"] = statistics.mean(v["relation_accuracy"] for v in rel)
         result["relation_accuracy_spread"] = statistics.mean(v["relation_accuracy_spread"] for v in rel)
         result["leakage"] = statistics.mean(v["leakage"] for v in rel)
+        # from the clips, not the verdict's own field: verdicts cached in a work folder before it existed lack it
         result["relation_without_leak"] = statistics.mean(statistics.mean(outcomes(v["clips"], "relation_without_leak"))
                                                           for v in rel)
         result["subjects_present"] = statistics.mean(v["subjects_present"] for v in rel)
