@@ -120,31 +120,43 @@ def _write_json(result: dict, json_path) -> None:
         atomic_write_json(json_path, result)
 
 
+def _rows(chosen, available: dict) -> tuple:
+    """The benchmark's rows: `chosen` (in the benchmark's order) or, when None, all of `available`."""
+    if chosen is None:
+        return tuple(available)
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise ValueError(f"methods: {unknown} are not rows of this benchmark; expected some of {list(available)}")
+    return tuple(m for m in available if m in chosen)
+
+
 def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick: bool = False,
         protocol: str | None = None, work=None, out=None, suite: str = "cpu", study: bool = False,
-        comfyui=None, base_weights=None, relations=None, prompts: int | None = None) -> dict:
+        comfyui=None, base_weights=None, relations=None, prompts: int | None = None, methods=None,
+        seeds: int | None = None) -> dict:
     """`evaluator`: the SynthRel evaluator on ground truth; `base`: what the SynthRel base renders per relation;
     `quality`: DreamRelation (per placement) vs. direct LoRA vs. ablations vs. base on held-out relations;
     `speed`: what the triplet costs over a plain LoRA, training and sampling (speed.py).
     `protocol`: the SynthRel protocol (default: the shipped base's, protocol.DEFAULT); `work` (quality): a folder
     that keeps each judged (relation, method), so that a rerun resumes; `study` (quality): the variants of
     quality.STUDY instead of the methods; `comfyui` (speed): a ComfyUI checkout, to time the ComfyUI path too;
-    `out`: the markdown file for the figures (default `default_doc()`). `base_weights`, `relations`, `prompts`
-    (quality): another base of the protocol, a subset of the held-out relations, another number of prompts; such
-    a run is not the shipped one, so its table goes only to an `out` that is named."""
+    `out`: the markdown file for the figures (default `default_doc()`). `base_weights`, `relations`, `prompts`,
+    `seeds`, `methods` (quality): another base of the protocol, a subset of the held-out relations, another number
+    of prompts or of sampling seeds (0 … seeds − 1), a subset of the rows; such a run is not the shipped one, so its
+    table goes only to an `out` that is named."""
     from .synthrel import quality, recipe
     from .synthrel.base import HELD_OUT, held_out_only
     from .synthrel.protocol import DEFAULT, get_protocol
 
-    if (relations is not None or prompts is not None) and kind != "quality":
-        raise ValueError("relations and prompts: options of the quality benchmark only")
+    if any(option is not None for option in (relations, prompts, seeds, methods)) and kind != "quality":
+        raise ValueError("relations, prompts, seeds and methods: options of the quality benchmark only")
     if base_weights is not None and kind not in ("base", "quality"):
         raise ValueError("base_weights: an option of the base and quality benchmarks only")
 
     chosen = DEFAULT if protocol is None else get_protocol(protocol)
     if base_weights is not None:
         chosen = dataclasses.replace(chosen, weights=Path(base_weights))
-    custom = base_weights is not None or relations is not None or prompts is not None
+    custom = any(option is not None for option in (base_weights, relations, prompts, seeds, methods))
     doc = Path(out) if out else default_doc()
     if kind in ("base", "quality") and not chosen.weights.is_file():
         raise FileNotFoundError(f"no SynthRel {chosen.name} base at {chosen.weights}: pretrain it first "
@@ -155,9 +167,9 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
     elif kind == "quality":
         result = quality.benchmark(relations=held_out_only(relations or HELD_OUT, "relations"),
                                    steps=30 if quick else recipe.TRAIN_STEPS,
-                                   methods=tuple(quality.STUDY if study else quality.METHODS),
+                                   methods=_rows(methods, quality.STUDY if study else quality.METHODS),
                                    prompts=prompts or (2 if quick else quality.PROMPTS),
-                                   seeds=(0,) if quick else (0, 1, 2),
+                                   seeds=(0,) if quick else tuple(range(seeds or 3)),
                                    progress=progress, protocol=chosen, work=None if work is None else Path(work))
         markdown = quality.markdown(result, study)
     elif kind == "evaluator":
@@ -177,7 +189,8 @@ def run(kind: str, clips: int = 50, json_path=None, progress: bool = True, quick
         raise ValueError(f"unknown benchmark {kind!r}; expected evaluator, base, quality or speed")
     print(markdown)
     if custom and not out:
-        print("not written to docs: a run with another base, relations or prompts goes only to --out")
+        print("not written to docs: a run with another base, relations, prompts, seeds or methods goes only to "
+              "--out")
     elif not quick:      # each protocol has its own section: the v1 tables stay as history
         section = (kind if chosen.name == "v1" else f"{kind}_{chosen.name}") + ("_study" if study else "")
         print(f"figures written to {write_section(section, markdown, doc)}")

@@ -93,7 +93,8 @@ def _bench(args) -> int:
 
     run(args.kind, clips=args.clips, json_path=args.json, quick=args.quick, protocol=args.protocol, work=args.work,
         out=args.out, suite=args.suite, study=args.study, comfyui=args.comfyui, base_weights=args.base_weights,
-        relations=args.relation or None, prompts=args.prompts)
+        relations=args.relation or None, prompts=args.prompts, methods=args.method or None,
+        seeds=args.seeds)
     return 0
 
 
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relation", action="append", default=[],
                    help="quality: judge this held-out relation only (repeatable; default: all)")
     p.add_argument("--prompts", type=_positive_int, help="quality: test prompts per relation (default 8)")
+    p.add_argument("--seeds", type=_positive_int, help="quality: sampling seeds per prompt (default 3)")
+    p.add_argument("--method", action="append", default=[],
+                   help="quality: run this row only, e.g. no_hmt (repeatable; default: every method)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("pretrain-synthrel", help="pretrain the SynthRel base (all relations but the held-out ones)")

@@ -59,8 +59,13 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     assert set(result["placements"]["motion_vo"]["vs_reference"]) == {"difference", "low", "high", "beyond_noise"}
     assert "| dreamrelation |" in quality.markdown(result) and "motion_vo − reference" in quality.markdown(result)
     assert f"base `{quality.DEFAULT.weights.name}`." in quality.markdown(result)
-    assert set(result["comparisons"]) == {"dreamrelation_vs_direct_lora", "dreamrelation_vs_direct_lora_without_leak"}
+    assert set(result["comparisons"]) == {"dreamrelation_vs_direct_lora", "dreamrelation_vs_direct_lora_without_leak",
+                                          "no_hmt_vs_dreamrelation_without_leak", "no_hmt_vs_dreamrelation_leakage"}
+    clips = {m: result["methods"][m]["per_relation"]["pushes"]["clips"] for m in ("no_hmt", "dreamrelation")}
+    assert result["comparisons"]["no_hmt_vs_dreamrelation_leakage"]["difference"] == (
+        sum(c["leaked"] for c in clips["no_hmt"]) - sum(c["leaked"] for c in clips["dreamrelation"])) / 2
     assert "| dreamrelation − direct_lora, relation without a leak |" in quality.markdown(result)
+    assert "| no_hmt − dreamrelation, leakage |" in quality.markdown(result)
     assert quality.markdown(result, study=True).startswith("## SynthRel quality benchmark (protocol v2): the hybrid")
     # One training run per distinct setting: the all-roles diagnostic reuses DreamRelation's triplet.
     assert len(runs) == 8 and [r.subject_loras for r in runs].count(False) == 1
@@ -109,6 +114,10 @@ def test_v2_quick_benchmark_runs_on_textured_exemplars_and_resumes(monkeypatch, 
     seen = {a for s in V2.exemplar_subjects for a in s}
     for s1, s2 in V2.test_subjects(24):
         assert not {*s1, *s2} & seen
+    # every prompt a new pair: a repeated one, sampled with the same seeds, repeats its clips exactly
+    assert len(set(V2.test_subjects(24))) == 24 and V2.test_subjects(24)[:8] == V2.test_subjects(8)
+    with pytest.raises(ValueError, match="protocol v2 has 24 distinct unseen subject pairs; expected 1 to 24, got 25"):
+        V2.test_subjects(25)
 
 
 def test_figures_go_to_the_checkouts_docs_or_elsewhere_to_out(tmp_path, monkeypatch):
@@ -195,8 +204,9 @@ def test_study_variants_train_what_their_names_say(tmp_path):
 
 
 def test_quality_benchmark_on_another_base_goes_only_to_out(tmp_path, monkeypatch, capsys):
-    """`bench quality --base-weights W --relation R --prompts N`: the benchmark runs on that base (a weak-prior one,
-    docs/benchmarks.md), that relation and that many prompts; docs/benchmarks.md keeps the shipped run."""
+    """`bench quality --base-weights W --relation R --prompts N --method M`: the benchmark runs on that base (a
+    weak-prior one, docs/benchmarks.md), that relation, that many prompts and those rows; docs/benchmarks.md keeps
+    the shipped run."""
     import shutil
 
     from dreamrelation_core import bench
@@ -221,9 +231,20 @@ def test_quality_benchmark_on_another_base_goes_only_to_out(tmp_path, monkeypatc
     assert main(["bench", "quality", "--base-weights", str(weights), "--out", str(tmp_path / "weak.md")]) == 0
     assert calls[-1]["relations"] == quality.HELD_OUT and calls[-1]["prompts"] == quality.PROMPTS
     assert "| weak-prior figures |" in (tmp_path / "weak.md").read_text()
+    assert main(["bench", "quality", "--base-weights", str(weights), "--method", "no_hmt", "--method", "base",
+                 "--method", "dreamrelation"]) == 0
+    assert calls[-1]["methods"] == ("dreamrelation", "no_hmt", "base")         # the benchmark's order
+    assert main(["bench", "quality", "--base-weights", str(weights), "--seeds", "4", "--prompts", "24"]) == 0
+    assert calls[-1]["seeds"] == (0, 1, 2, 3) and calls[-1]["prompts"] == 24
+    assert main(["bench", "quality", "--method", "direct_lora"]) == 0              # a subset of rows: not the docs'
+    assert calls[-1]["methods"] == ("direct_lora",) and bench.DOC.read_text() == shipped_docs
+    with pytest.raises(ValueError, match=r"methods: \['hmt'\] are not rows of this benchmark; expected some of "):
+        bench.run("quality", methods=["hmt"], progress=False)
     with pytest.raises(ValueError, match=r"relations: \['follows'\] are not held-out relations"):
         bench.run("quality", relations=["follows"], progress=False)
     with pytest.raises(ValueError, match="options of the quality benchmark only"):
         bench.run("base", prompts=3, progress=False)
+    with pytest.raises(ValueError, match="options of the quality benchmark only"):
+        bench.run("base", methods=["base"], progress=False)
     with pytest.raises(FileNotFoundError, match="no SynthRel v2 base at .*missing.safetensors"):
         bench.run("quality", base_weights=tmp_path / "missing.safetensors", progress=False)

@@ -40,23 +40,32 @@ class Protocol:
         return sorted(set(COLORS) - set(self.exemplar_colours))
 
     def test_subjects(self, count: int) -> list:
-        """`count` subject pairs for test prompts, none of whose colours (v2: and textures and shapes) an
-        exemplar shows, cycling through their combinations in a fixed order."""
+        """`count` distinct subject pairs for test prompts, none of whose colours (v2: and textures and shapes) an
+        exemplar shows, in a fixed order; ValueError past the last distinct pair (a repeated pair sampled with the
+        same seeds repeats its clips, which a paired bootstrap would count as independent)."""
         colours = self.test_colours
         if not self.textured:
-            return [((colours[k % 2], SHAPES[k % len(SHAPES)]),
-                     (colours[(k + 1) % 2], SHAPES[(k // len(SHAPES) + 1 + k) % len(SHAPES)])) for k in range(count)]
-        seen = self.exemplar_subjects
-        textures = [t for t in TEXTURES if t not in {s.texture for s in seen}]
-        shapes = [s for s in SHAPES if s not in {s.shape for s in seen}]
-        texture_pairs = [(a, b) for a in textures for b in textures if a != b]
-        pairs = []
-        for k in range(count):
-            t1, t2 = texture_pairs[k % len(texture_pairs)]
-            c1, c2 = colours[k % 2], colours[(k + 1) % 2]
-            h1, h2 = shapes[(k // 2) % 2], shapes[(k // 2 + 1) % 2]
-            pairs.append((Subject(c1, t1, h1), Subject(c2, t2, h2)))
-        return pairs
+            pairs = [((colours[k % 2], SHAPES[k % len(SHAPES)]),
+                      (colours[(k + 1) % 2], SHAPES[(k // len(SHAPES) + 1 + k) % len(SHAPES)]))
+                     for k in range(len(SHAPES) ** 2)]      # distinct until the cycle repeats
+        else:
+            seen = self.exemplar_subjects
+            textures = [t for t in TEXTURES if t not in {s.texture for s in seen}]
+            shapes = [s for s in SHAPES if s not in {s.shape for s in seen}]
+            texture_pairs = [(a, b) for a in textures for b in textures if a != b]
+            pairs = []
+            # the first 12 as before (shipped runs use 8); the colour order ties to the texture pair's parity there,
+            # so the next 12 flip it: every (texture pair, colour order, shape order) once
+            for k in range(len(texture_pairs) * 4):
+                t1, t2 = texture_pairs[k % len(texture_pairs)]
+                flip = k // (len(texture_pairs) * 2)
+                c1, c2 = colours[(k + flip) % 2], colours[(k + flip + 1) % 2]
+                h1, h2 = shapes[(k // 2) % 2], shapes[(k // 2 + 1) % 2]
+                pairs.append((Subject(c1, t1, h1), Subject(c2, t2, h2)))
+        if not 1 <= count <= len(pairs):
+            raise ValueError(f"test prompts: protocol {self.name} has {len(pairs)} distinct unseen subject pairs; "
+                             f"expected 1 to {len(pairs)}, got {count}")
+        return pairs[:count]
 
 
 V1 = Protocol(name="v1", frames=9, size=(32, 32), look=LOOKS["v1"], textured=False,
