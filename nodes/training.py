@@ -114,6 +114,11 @@ class TrainRelationTriplet(io.ComfyNode):
                                tooltip="Which modules each role adapts. default: the architecture's (reference: "
                                        "relation on Q/K, subjects on V, FFN on the attention outputs). Wan also "
                                        "has reference_mlp, relation_mlp and motion_vo (docs/method.md)."),
+                io.Boolean.Input("hybrid_masks", default=True, optional=True,
+                                 tooltip="Hybrid mask training, the paper's: each step trains the relation or one "
+                                         "subject's LoRAs, its loss weighted by that mask. Off: every role every "
+                                         "step, no mask weighting; on Wan-shaped models it carried the relation "
+                                         "over without the exemplars' looks more often (docs/method.md)."),
             ],
             hidden=[io.Hidden.unique_id],
             outputs=[
@@ -129,7 +134,7 @@ class TrainRelationTriplet(io.ComfyNode):
     def execute(cls, model, clip, vae, exemplars, lora_name, steps, learning_rate, rank, alpha, width, height,
                 length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True,
                 preview_every=0, preview_prompt="", preview_steps=30, sigma_min=0.0, sigma_max=1.0,
-                placement="default"):
+                placement="default", hybrid_masks=True):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
         names = [ex["name"] for ex in exemplars]
@@ -142,7 +147,7 @@ class TrainRelationTriplet(io.ComfyNode):
         lora = TripletConfig(rank=rank, alpha=alpha, placement=None if placement == "default" else placement)
         config = RunConfig(name=lora_name, lora=lora,
                            train=TrainConfig(steps=steps, learning_rate=learning_rate, mask_weight=mask_weight,
-                                             seed=seed, checkpoint_every=checkpoint_every,
+                                             hybrid_masks=hybrid_masks, seed=seed, checkpoint_every=checkpoint_every,
                                              sigma_min=max(SIGMA_FLOOR, sigma_min), sigma_max=sigma_max,
                                              gradient_checkpointing=gradient_checkpointing),
                            rcl=RCLConfig(enabled=rcl_weight > 0, weight=rcl_weight),

@@ -155,6 +155,27 @@ def test_train_node_places_the_roles_where_it_is_told(pack, comfy):
         nodes.TrainRelationTriplet.execute(native_model(comfy, "mochi"), *args[1:], "motion_vo")
 
 
+def test_train_node_trains_without_hybrid_masks_when_told(pack, comfy):
+    """hybrid_masks off (recommended on Wan-shaped models, docs/method.md): every step trains every role with no
+    group drawn; on (the default, the paper's) each step draws one group; a resume across the two is refused."""
+    nodes = pack["nodes"]
+    exemplars = toy_exemplars(nodes)
+    model = native_model(comfy, "wan")
+    args = (model, FakeClip(), FakeVae(), exemplars, "joint", 6, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 3,
+            True, False, 0, "", 30, 0.0, 1.0, "default")
+    nodes.TrainRelationTriplet.execute(*args, False)
+    run = pack["root"] / "output" / "dreamrelation" / "joint"
+    groups = [json.loads(line)["group"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert groups == [None] * 6
+    assert json.loads((run / "run.json").read_text())["train"]["hybrid_masks"] is False
+    with pytest.raises(ValueError, match=r"trained with other settings: train\.hybrid_masks"):
+        nodes.TrainRelationTriplet.execute(*args[:5], 8, *args[6:], True)
+    nodes.TrainRelationTriplet.execute(*args[:4], "masked", *args[5:])
+    masked = pack["root"] / "output" / "dreamrelation" / "masked" / "log.jsonl"
+    drawn = [json.loads(line)["group"] for line in masked.read_text().splitlines()]
+    assert len(drawn) == 6 and set(drawn) <= {"relation", "subject1", "subject2"}
+
+
 def test_cancel_leaves_a_checkpoint_that_resumes(pack, comfy):
     nodes = pack["nodes"]
     exemplars = toy_exemplars(nodes)
