@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pretrain_synthrel)
 
     p = sub.add_parser("demo", help="no-download demo: learn a held-out SynthRel relation and render it on new "
-                                    "subjects (exemplars | base | DreamRelation)")
+                                    "subjects (exemplars | base | DreamRelation | direct LoRA | without hybrid masks)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: the quality benchmark's)")
     p.set_defaults(func=_demo)

@@ -1,6 +1,7 @@
 """The no-download demo: learn a relation the SynthRel base has never seen from 8 exemplars, then render it with
 subjects the exemplars never showed. It writes a grid, one row per seed: exemplar | base | DreamRelation | direct
-LoRA, each clip labelled with the evaluator's verdict; the metrics; and the relation LoRA."""
+LoRA | DreamRelation without hybrid masks (the setting docs/method.md recommends on Wan-shaped models), each clip
+labelled with the evaluator's verdict; the metrics; and the relation LoRAs."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ import numpy as np
 
 DEMO_RELATION = "pushes"
 DEMO_SEEDS = (0, 1, 2, 3)          # fixed before any result was seen, never picked by outcome
-COLUMNS = ("exemplar", "base", "dreamrelation", "direct_lora")
+COLUMNS = ("exemplar", "base", "dreamrelation", "direct_lora", "no_hmt")
+METHODS = (("dreamrelation", {}), ("direct_lora", {"hybrid_masks": False, "rcl": False}),
+           ("no_hmt", {"hybrid_masks": False}))           # name, training overrides
 LABEL_HEIGHT = 14
 
 
@@ -28,9 +31,10 @@ def _cell(frames: np.ndarray, label: str, ok: bool | None, factor: int = 4) -> n
 
 def run_demo(out: Path, steps: int | None = None, progress: bool = True, relation: str = DEMO_RELATION,
              protocol=None, seeds=DEMO_SEEDS) -> dict:
-    """Write exemplars of the held-out `relation`, train DreamRelation and direct LoRA `steps` steps each (default:
-    the quality benchmark's) on the SynthRel base of `protocol` (default: the shipped base's), sample the base and
-    both LoRAs on one unseen subject pair with every seed, judge each clip. Returns the written paths."""
+    """Write exemplars of the held-out `relation`, train DreamRelation, direct LoRA and DreamRelation without hybrid
+    masks `steps` steps each (default: the quality benchmark's) on the SynthRel base of `protocol` (default: the
+    shipped base's), sample the base and every LoRA on one unseen subject pair with every seed, judge each clip.
+    Returns the written paths."""
     from tqdm.auto import tqdm
 
     from .archs import INFERENCE_ROLES, ROLES
@@ -52,8 +56,8 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     prompt = caption(relation, *subjects)
     steps = recipe.TRAIN_STEPS if steps is None else steps
     models, loras = {"base": (build_synthrel_base(protocol.weights), ())}, {}
-    for method, overrides, roles in (("dreamrelation", {}, INFERENCE_ROLES),
-                                     ("direct_lora", {"hybrid_masks": False, "rcl": False}, ROLES)):
+    for method, overrides in METHODS:
+        roles = ROLES if method == "direct_lora" else INFERENCE_ROLES      # direct LoRA is applied whole
         folder = out if method == "dreamrelation" else out / method
         config = recipe.run_config(folder, exemplars, steps, overrides, 0, protocol)
         trainer = RelationTrainer.from_config(config, base=build_synthrel_base(protocol.weights), progress=progress,

@@ -117,15 +117,21 @@ def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
 
     result = run_demo(tmp_path, steps=2, progress=False)
     frames, _ = read_video(result["video"])
-    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA, the protocol's clips upscaled 4× under a label
+    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA | without HMT, the protocol's clips upscaled 4×
+    # under a label
     from dreamrelation_core.synthrel.protocol import DEFAULT
     (height, width), length = DEFAULT.size, DEFAULT.frames
-    assert frames.shape == (length, 4 * (LABEL_HEIGHT + 4 * height), 4 * 4 * width, 3) and result["lora"].is_file()
+    assert frames.shape == (length, 4 * (LABEL_HEIGHT + 4 * height), 5 * 4 * width, 3) and result["lora"].is_file()
     metrics = json.loads(result["metrics"].read_text())
-    assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "direct_lora", "prompt"}
+    assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "direct_lora", "no_hmt",
+                                                                "prompt"}
     assert metrics["seeds"] == [0, 1, 2, 3] and len(metrics["direct_lora"]["verdicts"]) == 4
     assert 0.0 <= metrics["dreamrelation"]["relation_accuracy"] <= 1.0
     assert (tmp_path / "direct_lora" / "relation.safetensors").is_file()
+    groups = {name: [json.loads(line)["group"] for line in (folder / "log.jsonl").read_text().splitlines()]
+              for name, folder in (("dreamrelation", tmp_path), ("no_hmt", tmp_path / "no_hmt"))}
+    assert groups["no_hmt"] == [None, None] and None not in groups["dreamrelation"]      # every role every step
+    assert (tmp_path / "no_hmt" / "relation.safetensors").is_file() and len(metrics["no_hmt"]["verdicts"]) == 4
 
 
 def test_a_missing_trainer_dependency_names_the_cli_extra(run_config, tmp_path, monkeypatch, capsys):
