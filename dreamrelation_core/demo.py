@@ -12,9 +12,7 @@ import numpy as np
 
 DEMO_RELATION = "pushes"
 DEMO_SEEDS = (0, 1, 2, 3)          # fixed before any result was seen, never picked by outcome
-COLUMNS = ("exemplar", "base", "dreamrelation", "direct_lora", "no_hmt")
-METHODS = (("dreamrelation", {}), ("direct_lora", {"hybrid_masks": False, "rcl": False}),
-           ("no_hmt", {"hybrid_masks": False}))           # name, training overrides
+COLUMNS = ("exemplar", "base", "dreamrelation", "direct_lora", "no_hmt")    # trained as the quality benchmark's
 LABEL_HEIGHT = 14
 
 
@@ -37,8 +35,7 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     Returns the written paths."""
     from tqdm.auto import tqdm
 
-    from .archs import INFERENCE_ROLES, ROLES
-    from .synthrel import recipe
+    from .synthrel import quality, recipe
     from .synthrel.base import build_synthrel_base
     from .synthrel.evaluate import evaluate_video
     from .synthrel.protocol import DEFAULT
@@ -56,8 +53,8 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     prompt = caption(relation, *subjects)
     steps = recipe.TRAIN_STEPS if steps is None else steps
     models, loras = {"base": (build_synthrel_base(protocol.weights), ())}, {}
-    for method, overrides in METHODS:
-        roles = ROLES if method == "direct_lora" else INFERENCE_ROLES      # direct LoRA is applied whole
+    for method in COLUMNS[2:]:
+        overrides, roles = quality.METHODS[method]
         folder = out if method == "dreamrelation" else out / method
         config = recipe.run_config(folder, exemplars, steps, overrides, 0, protocol)
         trainer = RelationTrainer.from_config(config, base=build_synthrel_base(protocol.weights), progress=progress,
