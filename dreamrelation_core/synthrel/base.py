@@ -121,8 +121,9 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     cleanly but fell apart into fragments from σ ≈ 0.5 up). The loss is on the velocity implied by the model's
     clean-latent prediction (SYNTHREL.prediction); the shipped weights are an exponential moving average
     (`ema_decay`, warmed up as min(decay, (1 + step) / (10 + step))), gradients clipped at norm 1."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from ..files import atomic_write_json, atomic_write_many
     from ..flow import noisy_latents, velocity_target
     from ..losses import as_random_state
 
@@ -188,19 +189,16 @@ def pretrain(out: Path, steps: int = 8000, batch: int = 8, lr: float = 1e-3, see
     bar.close()
     log.close()
     weights = out / ("synthrel_base.safetensors" if step >= steps else f"synthrel_base_step{step}.safetensors")
-    tmp = weights.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp))
-    tmp.replace(weights)
+    atomic_write_many([(weights, save({k: v.contiguous() for k, v in ema.items()}))])
     if step < steps:
         return weights
-    (out / "pretrain.json").write_text(json.dumps({"steps": steps, "batch": batch, "lr": lr, "seed": seed,
-                                                   "caption_dropout": caption_dropout,
-                                                   "sigma_shift": sigma_shift, "ema_decay": ema_decay,
-                                                   "prediction": SYNTHREL.prediction, "known": KNOWN,
-                                                   "held_out": HELD_OUT, "prior": list(prior),
-                                                   "protocol": protocol,
-                                                   "init": None if init is None else Path(init).name,
-                                                   "transformer": SYNTHREL.tiny_transformer}, indent=2) + "\n")
+    atomic_write_json(out / "pretrain.json", {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
+                                             "caption_dropout": caption_dropout,
+                                             "sigma_shift": sigma_shift, "ema_decay": ema_decay,
+                                             "prediction": SYNTHREL.prediction, "known": KNOWN,
+                                             "held_out": HELD_OUT, "prior": list(prior), "protocol": protocol,
+                                             "init": None if init is None else Path(init).name,
+                                             "transformer": SYNTHREL.tiny_transformer})
     return weights
 
 
