@@ -55,6 +55,16 @@ STUDY = {
     "no_hmt": METHODS["no_hmt"],
 }
 VARIANTS = {**METHODS, **STUDY}
+# The paired comparisons every table reports when both methods ran: (a, b, outcome) for a − b. Hybrid mask training
+# is the one ablation that moved on every SynthRel run (docs/benchmarks.md).
+COMPARISONS = (("dreamrelation", "direct_lora", "relation"), ("dreamrelation", "direct_lora", "relation_without_leak"),
+               ("no_hmt", "dreamrelation", "relation_without_leak"), ("no_hmt", "dreamrelation", "leaked"))
+OUTCOME_NAMES = {"relation": ("", ""), "relation_without_leak": ("_without_leak", ", relation without a leak"),
+                 "leaked": ("_leakage", ", leakage")}      # outcome: (suffix of its JSON key, of its table label)
+
+
+def _comparison_key(a: str, b: str, key: str) -> str:
+    return f"{a}_vs_{b}{OUTCOME_NAMES[key][0]}"
 
 
 def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = DEFAULT) -> dict:
@@ -178,16 +188,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
             if method != "dreamrelation" and "dreamrelation" in results:
                 placements[name]["vs_reference"] = compare(results, method, "dreamrelation")
                 placements[name]["leakage_vs_reference"] = compare(results, method, "dreamrelation", "leaked")
-    comparisons = {}
-    if {"dreamrelation", "direct_lora"} <= set(results):
-        comparisons["dreamrelation_vs_direct_lora"] = compare(results, "dreamrelation", "direct_lora")
-        comparisons["dreamrelation_vs_direct_lora_without_leak"] = compare(results, "dreamrelation", "direct_lora",
-                                                                           "relation_without_leak")
-    if {"dreamrelation", "no_hmt"} <= set(results):
-        # hybrid mask training, the one ablation that moved on every SynthRel run (docs/benchmarks.md)
-        comparisons["no_hmt_vs_dreamrelation_without_leak"] = compare(results, "no_hmt", "dreamrelation",
-                                                                      "relation_without_leak")
-        comparisons["no_hmt_vs_dreamrelation_leakage"] = compare(results, "no_hmt", "dreamrelation", "leaked")
+    comparisons = {_comparison_key(a, b, key): compare(results, a, b, key) for a, b, key in COMPARISONS
+                   if {a, b} <= set(results)}
     return {"protocol": protocol.name, "base_weights": protocol.weights.name, "base_sha256": settings["base_sha256"],
             "methods": results, "placements": placements, "comparisons": comparisons,
             "relations": list(relations), "exemplars": exemplars, "steps": steps,
@@ -232,10 +234,7 @@ def markdown(result: dict, study: bool = False) -> str:
         lines.append(f"| {name} | {m['relation_accuracy']:.3f} ± {m['relation_accuracy_spread']:.3f} | "
                      f"{m['leakage']:.3f} | {m['relation_without_leak']:.3f} | {m['subjects_present']:.3f} | "
                      f"{m.get('attributes_match', 0.0):.3f} | {m['train_seconds']:.0f} |")
-    labels = {"dreamrelation_vs_direct_lora": "dreamrelation − direct_lora",
-              "dreamrelation_vs_direct_lora_without_leak": "dreamrelation − direct_lora, relation without a leak",
-              "no_hmt_vs_dreamrelation_without_leak": "no_hmt − dreamrelation, relation without a leak",
-              "no_hmt_vs_dreamrelation_leakage": "no_hmt − dreamrelation, leakage"}
+    labels = {_comparison_key(a, b, key): f"{a} − {b}{OUTCOME_NAMES[key][1]}" for a, b, key in COMPARISONS}
     pairs = [(f"{p} − reference", v["vs_reference"]) for p, v in result.get("placements", {}).items()
              if "vs_reference" in v] + [(labels[k], c) for k, c in result.get("comparisons", {}).items()]
     if pairs:
