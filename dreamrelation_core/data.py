@@ -342,7 +342,7 @@ class TrainingItem:
     latent_std: torch.Tensor    # [C, f, h, w]
     text: torch.Tensor | None       # [L, D]; None where the backend encodes captions itself (ComfyUI)
     text_mask: torch.Tensor | None  # [L] bool
-    masks: torch.Tensor             # [f, 2, h, w] latent subject masks
+    masks: torch.Tensor | None      # [f, 2, h, w] latent subject masks; None: trained without hybrid masks
 
 
 def _fingerprint(path) -> list:
@@ -374,11 +374,13 @@ def _cached(path: Path, compute):
     return tensors
 
 
-def prepare_training_set(base, data_config, cache_dir, progress: bool = True) -> list[TrainingItem]:
+def prepare_training_set(base, data_config, cache_dir, progress: bool = True,
+                         hybrid_masks: bool = True) -> list[TrainingItem]:
     """Discover, prepare, VAE- and text-encode every exemplar (cached under `cache_dir`), with latent masks.
 
     Clips are the first `frames` frames at the model's frame rate (`read_resampled`), centre-cropped and resized to
-    `height` × `width` (architecture defaults when unset). Every exemplar must have subject masks: hybrid mask training needs them.
+    `height` × `width` (architecture defaults when unset). With `hybrid_masks` (train.hybrid_masks) every exemplar
+    must have subject masks; without, none needs them, and exemplars without masks get `masks` None.
     """
     from tqdm.auto import tqdm
 
@@ -392,16 +394,18 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
     arch.latent_frames(frames)
     exemplars = discover_exemplars(data_config.videos, data_config.masks, data_config.caption)
     missing = [e.name for e in exemplars if e.masks is None]
-    if missing:
-        raise ValueError(f"exemplars without subject masks: {missing}; give data.masks (a folder with one "
-                         f"colour-coded mask folder or video per exemplar)")
+    if missing and hybrid_masks:
+        raise ValueError(f"exemplars without subject masks: {missing}; hybrid mask training (train.hybrid_masks: "
+                         "true) needs them: give data.masks (a folder with one colour-coded mask folder or video per "
+                         "exemplar), or train without hybrid masks (train.hybrid_masks: false)")
     cache_dir = Path(cache_dir)
     base_id = [base.name, _fingerprint(base.name) if Path(base.name).is_file() else []]
     device = next(base.transformer.parameters()).device
     items = []
     for ex in tqdm(exemplars, desc="encoding exemplars", disable=not progress, leave=False):
         key = _cache_key("latent", base_id, str(ex.video.resolve()), _fingerprint(ex.video),
-                         str(ex.masks.resolve()), _fingerprint(ex.masks), frames, height, width,
+                         "" if ex.masks is None else str(ex.masks.resolve()), _fingerprint(ex.masks),
+                         frames, height, width,
                          *([fps] if fps != arch.fps else []))   # keys of runs before resampling stay valid
 
         def encode_clip(ex=ex):
@@ -409,13 +413,17 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
             if len(picked) < frames:
                 raise ValueError(f"{ex.video}: {len(picked)} frames at {fps:g} fps, but the clip needs {frames}; use "
                                  "shorter clips (data.frames) or data.fps: 0 (every frame as it is)")
-            pixel_masks = read_masks_at(ex.masks, picked)
-            check_subject_masks(pixel_masks, ex.name)
+            pixel_masks = None
+            if ex.masks is not None:
+                pixel_masks = read_masks_at(ex.masks, picked)
+                check_subject_masks(pixel_masks, ex.name)
             video, masks = prepare_clip(video_frames, pixel_masks, frames, height, width)
             with torch.no_grad():
                 mean, std = base.codec.encode(video[None].to(device))
-            return {"mean": mean[0], "std": std[0],
-                    "masks": latent_masks(masks, tuple(mean.shape[-3:]), arch.temporal_ratio)}
+            latent = {"mean": mean[0], "std": std[0]}
+            if masks is not None:
+                latent["masks"] = latent_masks(masks, tuple(mean.shape[-3:]), arch.temporal_ratio)
+            return latent
 
         latent = _cached(cache_dir / f"{key}.safetensors", encode_clip)
         text_key = _cache_key("text", base_id, ex.caption)
@@ -427,5 +435,5 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True) ->
 
         text = _cached(cache_dir / f"text-{text_key}.safetensors", encode_text)
         items.append(TrainingItem(ex.name, ex.caption, latent["mean"].float(), latent["std"].float(),
-                                  text["text"], text["mask"].bool(), latent["masks"]))
+                                  text["text"], text["mask"].bool(), latent.get("masks")))
     return items

@@ -197,6 +197,10 @@ class RelationTrainer:
         self.backend, self.items = backend, items
         if not self.items:
             raise ValueError("no training exemplars")
+        unmasked = [item.name for item in items if item.masks is None]
+        if unmasked and config.train.hybrid_masks:
+            raise ValueError(f"exemplars without subject masks: {unmasked}; hybrid mask training "
+                             "(train.hybrid_masks) needs them: mask them, or train without hybrid masks")
         self.arch, self.device = backend.arch, backend.device
         self.params = backend.parameters()
 
@@ -240,10 +244,10 @@ class RelationTrainer:
         cache = Path(config.data.cache_dir) if config.data.cache_dir else out / "cache"
         if items is None:             # rank 0 encodes the exemplars into the cache; the other ranks then read it
             if distributed.rank() == 0:
-                items = prepare_training_set(base, config.data, cache, progress)
+                items = prepare_training_set(base, config.data, cache, progress, config.train.hybrid_masks)
             distributed.barrier()
             if items is None:
-                items = prepare_training_set(base, config.data, cache, progress=False)
+                items = prepare_training_set(base, config.data, cache, False, config.train.hybrid_masks)
         return cls(config, PeftBackend(base, config, device), items, out, progress, overwrite)
 
     # ---- one step -------------------------------------------------------------------------------------------

@@ -11,13 +11,16 @@ from ..dreamrelation_core.data import check_subject_masks, discover_exemplars, r
 from .common import CATEGORY, Exemplars, uint8_to_image
 
 
-def exemplar(frames: torch.Tensor, masks: torch.Tensor, caption: str, name: str) -> dict:
-    if frames.shape[0] != masks.shape[0] or tuple(frames.shape[1:3]) != tuple(masks.shape[-2:]):
+def exemplar(frames: torch.Tensor, masks: torch.Tensor | None, caption: str, name: str) -> dict:
+    """One exemplar; `masks` None for one trained without hybrid masks (Train refuses it with them)."""
+    if masks is not None and (frames.shape[0] != masks.shape[0]
+                              or tuple(frames.shape[1:3]) != tuple(masks.shape[-2:])):
         raise ValueError(f"exemplar {name}: {frames.shape[0]} frames of {tuple(frames.shape[1:3])} but masks "
                          f"{tuple(masks.shape)}")
     if not caption.strip():
         raise ValueError(f"exemplar {name}: the caption is empty")
-    return {"frames": frames[..., :3].float(), "masks": masks.float(), "caption": caption.strip(), "name": name}
+    return {"frames": frames[..., :3].float(), "masks": None if masks is None else masks.float(),
+            "caption": caption.strip(), "name": name}
 
 
 class AddExemplar(io.ComfyNode):
@@ -28,11 +31,14 @@ class AddExemplar(io.ComfyNode):
             display_name="Add Exemplar",
             category=CATEGORY,
             description="Adds one exemplar video (frames, two subject masks, caption) to an exemplar set; chain "
-                        "several to collect the 5-30 videos of one relation.",
+                        "several to collect the 5-30 videos of one relation. The masks may be left out when Train "
+                        "runs without hybrid masks.",
             inputs=[
                 io.Image.Input("images", tooltip="The exemplar video's frames."),
-                io.Mask.Input("subject1_mask", tooltip="Subject 1 mask per frame (Mask Video)."),
-                io.Mask.Input("subject2_mask", tooltip="Subject 2 mask per frame (Mask Video)."),
+                io.Mask.Input("subject1_mask", optional=True,
+                              tooltip="Subject 1 mask per frame (Mask Video); needed for hybrid mask training."),
+                io.Mask.Input("subject2_mask", optional=True,
+                              tooltip="Subject 2 mask per frame (Mask Video); needed for hybrid mask training."),
                 io.String.Input("caption", multiline=True, default="A person is shaking hands with a person.",
                                 tooltip="Plain caption of the relation, e.g. 'A person is high-fiving a person.'"),
                 Exemplars.Input("exemplars", optional=True, tooltip="Set to add to (empty when not connected)."),
@@ -42,10 +48,14 @@ class AddExemplar(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, subject1_mask, subject2_mask, caption, exemplars=None):
+    def execute(cls, images, caption, subject1_mask=None, subject2_mask=None, exemplars=None):
         items = list(exemplars or [])
-        masks = torch.stack([subject1_mask, subject2_mask], dim=1)
-        items.append(exemplar(images, masks, caption, f"exemplar_{len(items):02d}"))
+        name = f"exemplar_{len(items):02d}"
+        if (subject1_mask is None) != (subject2_mask is None):
+            raise ValueError(f"exemplar {name}: connect both subject masks, or neither (to train without hybrid "
+                             "masks)")
+        masks = None if subject1_mask is None else torch.stack([subject1_mask, subject2_mask], dim=1)
+        items.append(exemplar(images, masks, caption, name))
         return io.NodeOutput(items)
 
 
@@ -86,11 +96,12 @@ class LoadExemplarFolder(io.ComfyNode):
         if not path.is_dir():
             raise ValueError(f"folder: {path} is not a folder (relative folders are read from the input folder)")
         items = []
-        for ex in discover_exemplars(path, caption=caption or None):
-            if ex.masks is None:
-                raise ValueError(f"exemplar {ex.name} in {folder} has no masks (expected masks/{ex.name}/)")
+        for ex in discover_exemplars(path, caption=caption or None):     # masks for all, or (no masks/) for none
             frames, picked = read_resampled(ex.video, max_frames, fps)
-            masks = read_masks_at(ex.masks, picked)
-            check_subject_masks(masks, ex.name)
-            items.append(exemplar(uint8_to_image(frames), torch.from_numpy(masks), ex.caption, ex.name))
+            masks = None
+            if ex.masks is not None:
+                masks = read_masks_at(ex.masks, picked)
+                check_subject_masks(masks, ex.name)
+                masks = torch.from_numpy(masks)
+            items.append(exemplar(uint8_to_image(frames), masks, ex.caption, ex.name))
         return io.NodeOutput(items)

@@ -66,7 +66,8 @@ class TrainRelationTriplet(io.ComfyNode):
                 io.Model.Input("model", tooltip="Native Wan 2.1/2.2 text-to-video or Mochi model to train on."),
                 io.Clip.Input("clip", tooltip="The model's text encoder; encodes each exemplar's caption."),
                 io.Vae.Input("vae", tooltip="The model's VAE; encodes the exemplar videos."),
-                Exemplars.Input("exemplars", tooltip="Exemplar videos of one relation with subject masks."),
+                Exemplars.Input("exemplars", tooltip="Exemplar videos of one relation, with subject masks for "
+                                                     "hybrid mask training."),
                 io.String.Input("lora_name", default="my_relation",
                                 tooltip="File name (without extension) of the relation LoRA in models/loras."),
                 io.Int.Input("steps", default=2400, min=1, max=100000, tooltip="Training steps (paper: 2400)."),
@@ -118,7 +119,8 @@ class TrainRelationTriplet(io.ComfyNode):
                                  tooltip="Hybrid mask training, the paper's: each step trains the relation or one "
                                          "subject's LoRAs, its loss weighted by that mask. Off: every role every "
                                          "step, no mask weighting; on Wan-shaped models it carried the relation "
-                                         "over without the exemplars' looks more often (docs/method.md)."),
+                                         "over without the exemplars' looks more often (docs/method.md), and "
+                                         "the exemplars need no masks."),
             ],
             hidden=[io.Hidden.unique_id],
             outputs=[
@@ -141,6 +143,10 @@ class TrainRelationTriplet(io.ComfyNode):
         if len(set(names)) != len(names):
             raise ValueError(f"exemplars: names must be unique, got {sorted({n for n in names if names.count(n) > 1})} "
                              "more than once")
+        unmasked = [ex["name"] for ex in exemplars if ex["masks"] is None]
+        if unmasked and hybrid_masks:
+            raise ValueError(f"exemplars {unmasked} have no subject masks, which hybrid mask training needs: connect "
+                             "their masks, or turn hybrid_masks off")
         check_sigma_range(sigma_min, sigma_max)                 # now, not after the exemplars are encoded
         if not lora_name.strip() or Path(lora_name).name != lora_name:
             raise ValueError(f"lora_name must be a plain file name, got {lora_name!r}")
@@ -186,7 +192,8 @@ class TrainRelationTriplet(io.ComfyNode):
             def train(processed):
                 items = [TrainingItem(ex["name"], ex["caption"], processed[i].float().cpu(),
                                       torch.zeros_like(processed[i].float().cpu()), None, None,
-                                      latent_masks(masks, tuple(processed.shape[-3:]), arch.temporal_ratio))
+                                      None if masks is None
+                                      else latent_masks(masks, tuple(processed.shape[-3:]), arch.temporal_ratio))
                          for i, (ex, masks, _) in enumerate(clips)]
                 backend.conditioning_of = {ex["name"]: i for i, (ex, _, _) in enumerate(clips)}
                 trainer = RelationTrainer(config, output_dir=out, items=items, backend=backend, progress=False)
@@ -226,10 +233,12 @@ class TrainRelationTriplet(io.ComfyNode):
 
 
 def _encode_exemplars(exemplars, clip, vae, length: int, height: int, width: int):
-    """Per exemplar: (exemplar, pixel masks [F, 2, H, W], native VAE latent), and its caption's conditioning."""
+    """Per exemplar: (exemplar, pixel masks [F, 2, H, W] or None, native VAE latent), and its caption's
+    conditioning."""
     clips, positive = [], []
     for ex in exemplars:
-        video, masks = prepare_clip(image_to_uint8(ex["frames"]), ex["masks"].numpy(), length, height, width)
+        pixel_masks = None if ex["masks"] is None else ex["masks"].numpy()
+        video, masks = prepare_clip(image_to_uint8(ex["frames"]), pixel_masks, length, height, width)
         clips.append((ex, masks, vae.encode(((video.permute(1, 2, 3, 0) + 1) / 2).contiguous())))
         positive += _clone_conditioning(clip.encode_from_tokens_scheduled(clip.tokenize(ex["caption"])))
     return clips, positive
@@ -260,6 +269,9 @@ def _run_settings(config: RunConfig, exemplars) -> dict:
     for ex in exemplars:
         digest.update(f"{ex['name']}\0{ex['caption']}\0".encode())
         for tensor in (ex["frames"], ex["masks"]):
+            if tensor is None:                  # an exemplar without masks (trained without hybrid masks)
+                digest.update(b"no masks")
+                continue
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     train = dataclasses.asdict(config.train)

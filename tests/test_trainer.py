@@ -52,6 +52,30 @@ def test_training_set_shapes_and_cache(exemplars, tmp_path):
     assert torch.equal(again[2].latent_mean, items[2].latent_mean) and torch.equal(again[1].text, items[1].text)
 
 
+def test_without_hybrid_masks_the_exemplars_need_no_masks(exemplars, tmp_path):
+    """Masks only weight the hybrid-mask loss: without it (recommended on Wan-shaped models, docs/method.md) an
+    unmasked exemplar folder trains, to the same latents; with it the missing masks are refused by name."""
+    import shutil
+
+    unmasked = tmp_path / "unmasked"
+    shutil.copytree(exemplars["wan"], unmasked, ignore=shutil.ignore_patterns("masks"))
+    base = build_tiny("wan")
+    with pytest.raises(ValueError, match=r"without subject masks: \['clip_00', 'clip_01', 'clip_02'\].*hybrid_masks: false"):
+        prepare_training_set(base, make_config("wan", unmasked, tmp_path).data, tmp_path / "cache", progress=False)
+    items = prepare_training_set(base, make_config("wan", unmasked, tmp_path).data, tmp_path / "cache",
+                                 progress=False, hybrid_masks=False)
+    masked = prepare_training_set(base, make_config("wan", exemplars["wan"], tmp_path).data, tmp_path / "cache",
+                                  progress=False)
+    assert all(item.masks is None for item in items)
+    assert all(torch.equal(a.latent_mean, b.latent_mean) for a, b in zip(items, masked))
+    out = tmp_path / "run"
+    trainer = make_trainer("wan", unmasked, out, steps=2, hybrid_masks=False)
+    trainer.train()
+    assert [json.loads(line)["group"] for line in (out / "log.jsonl").read_text().splitlines()] == [None, None]
+    with pytest.raises(ValueError, match=r"without subject masks: \['clip_00', 'clip_01', 'clip_02'\]"):
+        RelationTrainer(make_config("wan", unmasked, tmp_path / "again"), trainer.backend, items)
+
+
 @pytest.mark.parametrize("arch", ["wan", "mochi"])
 def test_training_steps_reduce_loss_on_a_fixed_batch(exemplars, tmp_path, arch):
     trainer = make_trainer(arch, exemplars[arch], tmp_path, learning_rate=5e-3, warmup_steps=0, steps=1000)

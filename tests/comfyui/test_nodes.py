@@ -1,5 +1,6 @@
 """The pack's nodes, executed in-process on a real ComfyUI library with a tiny native Wan model."""
 import json
+import shutil
 import types
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .fakes import FakeClip, FakeVae
 from .native_models import WAN_DIFFUSERS, native_model
 
 
-def toy_exemplars(nodes, count=2, frames=9, size=32):
+def toy_exemplars(nodes, count=2, frames=9, size=32, masked=True):
     from dreamrelation_core.synthrel import render_clip
 
     items = None
@@ -20,8 +21,8 @@ def toy_exemplars(nodes, count=2, frames=9, size=32):
     for k in range(count):
         video, masks, caption = render_clip("approaches", *pairs[k % 2], frames=frames, size=(size, size), seed=k)
         images = torch.from_numpy(video).float() / 255
-        items = nodes.AddExemplar.execute(images, torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]),
-                                          caption, items).result[0]
+        masks = dict(subject1_mask=torch.from_numpy(masks[:, 0]), subject2_mask=torch.from_numpy(masks[:, 1]))
+        items = nodes.AddExemplar.execute(images, caption, **(masks if masked else {}), exemplars=items).result[0]
     return items
 
 
@@ -174,6 +175,34 @@ def test_train_node_trains_without_hybrid_masks_when_told(pack, comfy):
     masked = pack["root"] / "output" / "dreamrelation" / "masked" / "log.jsonl"
     drawn = [json.loads(line)["group"] for line in masked.read_text().splitlines()]
     assert len(drawn) == 6 and set(drawn) <= {"relation", "subject1", "subject2"}
+
+
+def test_exemplars_without_masks_train_without_hybrid_masks_only(pack, comfy, tmp_path):
+    """Masks only weight the hybrid-mask loss, the costly step for an artist: Add Exemplar takes both masks or
+    neither, a mask-less folder loads, and Train refuses unmasked exemplars, by name, only with hybrid masks on."""
+    nodes = pack["nodes"]
+    unmasked = toy_exemplars(nodes, masked=False)
+    assert [ex["masks"] for ex in unmasked] == [None, None]
+    images = unmasked[0]["frames"]
+    with pytest.raises(ValueError, match="connect both subject masks, or neither"):
+        nodes.AddExemplar.execute(images, "a shape approaches a shape", subject1_mask=torch.zeros(9, 32, 32))
+    model = native_model(comfy, "wan")
+    args = (model, FakeClip(), FakeVae(), unmasked, "unmasked", 2, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False)
+    with pytest.raises(ValueError, match=r"exemplars \['exemplar_00', 'exemplar_01'\] have no subject masks.*"
+                                         r"hybrid_masks off"):
+        nodes.TrainRelationTriplet.execute(*args)
+    trained, path, _ = nodes.TrainRelationTriplet.execute(*args, hybrid_masks=False).result
+    assert Path(path).is_file()
+    run = pack["root"] / "output" / "dreamrelation" / "unmasked"
+    assert [json.loads(line)["group"] for line in (run / "log.jsonl").read_text().splitlines()] == [None, None]
+
+    from dreamrelation_core.synthrel import write_exemplars
+
+    folder = write_exemplars(tmp_path / "clips", "approaches", 2, [(("red", "circle"), ("blue", "square"))],
+                             frames=9, size=(32, 32))
+    shutil.rmtree(folder / "masks")
+    items = nodes.LoadExemplarFolder.execute(str(folder), "", 81).result[0]
+    assert len(items) == 2 and all(ex["masks"] is None and ex["frames"].shape == (9, 32, 32, 3) for ex in items)
 
 
 def test_cancel_leaves_a_checkpoint_that_resumes(pack, comfy):
