@@ -149,6 +149,38 @@ def test_synthrel_demo_runs_from_the_ui(ui):
     assert [e for e in ui.errors if "DreamRelation" in e] == []          # our extension threw nothing
 
 
+def test_an_exemplar_without_masks_trains_without_hybrid_masks_from_the_ui(ui):
+    """Add Exemplar with its mask inputs left unconnected, as an artist who skips masking: Train with hybrid_masks
+    off runs and saves the LoRA; with it on, the run stops with the error that names the exemplar and the fix."""
+    from dreamrelation_core.synthrel.protocol import DEFAULT
+
+    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+             "extra": {}, "version": 0.4})
+    source, add = ui.add_node("DreamRelationSynthRelExemplars"), ui.add_node("DreamRelationAddExemplar")
+    base, train = ui.add_node("DreamRelationLoadSynthRelBase"), ui.add_node("DreamRelationTrain")
+    ui.connect(source, 1, add, "images")
+    for slot, name in enumerate(("model", "clip", "vae")):
+        ui.connect(base, slot, train, name)
+    ui.connect(add, 0, train, "exemplars")
+    ui.arrange([source, add, base, train], origin=(80, 80))
+    ui.set_widget(source, "count", 1)
+    ui.set_widget(add, "caption", "a shape pushes a shape")
+    lora = f"unmasked_ui_{ui.version}_{int(ui.vue_nodes)}".replace(".", "_")
+    height, width = DEFAULT.size
+    for name, value in (("lora_name", lora), ("steps", 2), ("width", width), ("height", height),
+                        ("length", DEFAULT.frames), ("checkpoint_every", 0), ("hybrid_masks", False)):
+        ui.set_widget(train, name, value)
+
+    history = ui.run_and_wait()
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[:3000]
+    assert (ui.server.models / "loras" / f"{lora}.safetensors").is_file()
+    ui.set_widget(train, "hybrid_masks", True)
+    history = ui.run_and_wait()
+    assert history["status"]["status_str"] == "error"
+    assert "exemplars ['exemplar_00'] have no subject masks" in json.dumps(history["status"])
+    assert "turn hybrid_masks off" in json.dumps(history["status"])
+
+
 def test_boxes_drawn_on_the_first_frame_become_the_masks(ui):
     """Mask Video's editor: a first run without boxes still shows the clip's first frame on the node; two mouse
     drags write subject1_box and subject2_box; the next run's masks are exactly those boxes on that frame (tracked
