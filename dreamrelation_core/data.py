@@ -260,6 +260,16 @@ def check_subject_masks(masks: np.ndarray, name: str) -> None:
             warnings.warn(f"exemplar {name}: subject {s + 1} has no mask in any frame", stacklevel=2)
 
 
+def exemplar_masks(exemplar: Exemplar, picked: list[int]) -> np.ndarray | None:
+    """`exemplar`'s checked masks at the source frames `picked` (`read_masks_at`, `check_subject_masks`); None for
+    an exemplar without masks (trained without hybrid masks)."""
+    if exemplar.masks is None:
+        return None
+    masks = read_masks_at(exemplar.masks, picked)
+    check_subject_masks(masks, exemplar.name)
+    return masks
+
+
 def _centre_crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
     """(y0, x0, crop_h, crop_w) of the largest centred box with aspect width:height."""
     if w * height > h * width:  # source is wider than the target
@@ -413,11 +423,7 @@ def prepare_training_set(base, data_config, cache_dir, progress: bool = True,
             if len(picked) < frames:
                 raise ValueError(f"{ex.video}: {len(picked)} frames at {fps:g} fps, but the clip needs {frames}; use "
                                  "shorter clips (data.frames) or data.fps: 0 (every frame as it is)")
-            pixel_masks = None
-            if ex.masks is not None:
-                pixel_masks = read_masks_at(ex.masks, picked)
-                check_subject_masks(pixel_masks, ex.name)
-            video, masks = prepare_clip(video_frames, pixel_masks, frames, height, width)
+            video, masks = prepare_clip(video_frames, exemplar_masks(ex, picked), frames, height, width)
             with torch.no_grad():
                 mean, std = base.codec.encode(video[None].to(device))
             latent = {"mean": mean[0], "std": std[0]}

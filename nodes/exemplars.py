@@ -7,7 +7,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..dreamrelation_core.data import check_subject_masks, discover_exemplars, read_masks_at, read_resampled
+from ..dreamrelation_core.data import discover_exemplars, exemplar_masks, read_resampled
 from .common import CATEGORY, Exemplars, uint8_to_image
 
 
@@ -98,10 +98,7 @@ class LoadExemplarFolder(io.ComfyNode):
         items = []
         for ex in discover_exemplars(path, caption=caption or None):     # masks for all, or (no masks/) for none
             frames, picked = read_resampled(ex.video, max_frames, fps)
-            masks = None
-            if ex.masks is not None:
-                masks = read_masks_at(ex.masks, picked)
-                check_subject_masks(masks, ex.name)
-                masks = torch.from_numpy(masks)
-            items.append(exemplar(uint8_to_image(frames), masks, ex.caption, ex.name))
+            masks = exemplar_masks(ex, picked)
+            items.append(exemplar(uint8_to_image(frames), None if masks is None else torch.from_numpy(masks),
+                                  ex.caption, ex.name))
         return io.NodeOutput(items)
