@@ -13,6 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 PACK = "ComfyUI-DreamRelation"
+# A blank canvas, loaded as a file would be, before a test adds its own nodes.
+EMPTY_WORKFLOW = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+                  "extra": {}, "version": 0.4}
 
 
 def _builder():
@@ -93,8 +96,7 @@ def test_workflow_file_loads_with_every_value_it_means(ui, path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_template_opens_from_the_templates_dialog(ui, path):
-    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
-             "extra": {}, "version": 0.4})
+    ui.load(EMPTY_WORKFLOW)
     ui.open_template(PACK, path.stem)
     assert ui.thumbnail_width == 512                                        # the shipped .jpg, not a blank
     assert ui.node_types() == [n["type"] for n in json.loads(path.read_text())["nodes"]]
@@ -104,8 +106,7 @@ def test_template_opens_from_the_templates_dialog(ui, path):
 def test_new_nodes_keep_their_seed_fixed_and_small_floats(ui):
     """A Train node added from the library: its seed control starts "fixed" (a stock KSampler's does not, so the
     check can fail), and typed small hyper-parameters are kept, not rounded away."""
-    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
-             "extra": {}, "version": 0.4})
+    ui.load(EMPTY_WORKFLOW)
     train, _ = ui.add_node("DreamRelationTrain"), ui.add_node("KSampler")
     assert dict(ui.control_values()) == {"DreamRelationTrain": "fixed", "KSampler": "randomize"}
     for name, value in (("rcl_weight", 0.01), ("rcl_weight", 0.002), ("learning_rate", 1e-6),
@@ -154,8 +155,7 @@ def test_an_exemplar_without_masks_trains_without_hybrid_masks_from_the_ui(ui):
     off runs and saves the LoRA; with it on, the run stops with the error that names the exemplar and the fix."""
     from dreamrelation_core.synthrel.protocol import DEFAULT
 
-    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
-             "extra": {}, "version": 0.4})
+    ui.load(EMPTY_WORKFLOW)
     source, add = ui.add_node("DreamRelationSynthRelExemplars"), ui.add_node("DreamRelationAddExemplar")
     base, train = ui.add_node("DreamRelationLoadSynthRelBase"), ui.add_node("DreamRelationTrain")
     ui.connect(source, 1, add, "images")
@@ -177,8 +177,9 @@ def test_an_exemplar_without_masks_trains_without_hybrid_masks_from_the_ui(ui):
     ui.set_widget(train, "hybrid_masks", True)
     history = ui.run_and_wait()
     assert history["status"]["status_str"] == "error"
-    assert "exemplars ['exemplar_00'] have no subject masks" in json.dumps(history["status"])
-    assert "turn hybrid_masks off" in json.dumps(history["status"])
+    status = json.dumps(history["status"])
+    assert "exemplars ['exemplar_00'] have no subject masks" in status
+    assert "turn hybrid_masks off" in status
 
 
 def test_boxes_drawn_on_the_first_frame_become_the_masks(ui):
@@ -190,8 +191,7 @@ def test_boxes_drawn_on_the_first_frame_become_the_masks(ui):
 
     from dreamrelation_core.synthrel.protocol import DEFAULT
 
-    ui.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
-             "extra": {}, "version": 0.4})
+    ui.load(EMPTY_WORKFLOW)
     source, masker = ui.add_node("DreamRelationSynthRelExemplars"), ui.add_node("DreamRelationMaskVideo")
     previews = []
     for slot in (0, 1):
