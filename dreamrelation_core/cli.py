@@ -26,7 +26,7 @@ def _sample(args) -> int:
     from .bases import is_expert_pair, load_base
     from .formats import load_lora_with_subjects
     from .sampling import generate, to_uint8_frames
-    from .triplet import apply_lora, merge_inference_set
+    from .triplet import apply_lora, merge_inference_set, run_inference_set
     from .videoio import write_video
 
     lora = load_lora_with_subjects(args.lora, subjects=bool(args.subject_strength)) if args.lora else None
@@ -40,9 +40,12 @@ def _sample(args) -> int:
         strengths = {"relation": args.relation_strength, "ffn": args.ffn_strength,
                      "subject1": args.subject_strength, "subject2": args.subject_strength}
         apply_lora(base.transformer, lora, [r for r, s in strengths.items() if s and r in lora.weights])
-        merge_inference_set(base.transformer, strengths, undoable=False)
+        if args.lora_sigma_min is None:
+            merge_inference_set(base.transformer, strengths, undoable=False)
+        else:                                   # switched off at low noise, so left unmerged
+            run_inference_set(base.transformer, strengths)
     video = generate(base, args.prompt, args.frames, args.height, args.width, args.steps, args.cfg, args.seed,
-                     args.negative_prompt)
+                     args.negative_prompt, lora_sigma_min=args.lora_sigma_min)
     path = write_video(args.out, to_uint8_frames(video), base.arch.fps)
     print(f"wrote {path}")
     return 0
@@ -168,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn-strength", type=float, default=1.0)
     p.add_argument("--subject-strength", type=float, default=0.0,
                    help="experiments only: also apply the subject LoRAs (from <lora>.subjects.safetensors)")
+    p.add_argument("--lora-sigma-min", type=_finite_float,
+                   help="apply the LoRA only on steps with σ ≥ this (0–1), the base alone below: fewer of the "
+                        "exemplars' looks (docs/method.md, \"The relation LoRA at high noise only\")")
     p.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
     p.set_defaults(func=_sample)
 

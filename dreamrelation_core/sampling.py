@@ -64,18 +64,47 @@ def expert_for(transformer, sigma_range, companion):
     return lambda sigma: transformer if (low <= sigma if high >= 1.0 else sigma < high) else companion
 
 
+def lora_switch(transformer, lora_sigma_min: float | None):
+    """A function of σ that runs `transformer`'s LoRA layers on steps with σ ≥ `lora_sigma_min` and the base alone
+    below (docs/method.md, "The relation LoRA at high noise only"); a no-op for None. The LoRAs must be unmerged
+    adapters (peft layers), since a merged one cannot be switched off."""
+    if lora_sigma_min is None:
+        return lambda sigma: None
+    if isinstance(lora_sigma_min, bool) or not 0.0 <= lora_sigma_min <= 1.0:
+        raise ValueError(f"lora_sigma_min must be a σ in [0, 1], got {lora_sigma_min!r}")
+    from peft.tuners.tuners_utils import BaseTunerLayer   # lazy: only sampling with a switch needs peft
+
+    layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise ValueError("lora_sigma_min: the transformer holds no unmerged LoRA to switch off at low noise "
+                         "(apply the LoRA without merging it)")
+    state = {"on": not layers[0].disable_adapters}
+
+    def switch(sigma: float) -> None:
+        on = sigma >= lora_sigma_min
+        if on != state["on"]:
+            for layer in layers:
+                layer.enable_adapters(on)
+            state["on"] = on
+    return switch
+
+
 def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sigmas, cfg: float,
-            progress: bool = True, callback=None, sigma_range=None, companion=None) -> torch.Tensor:
+            progress: bool = True, callback=None, sigma_range=None, companion=None,
+            lora_sigma_min: float | None = None) -> torch.Tensor:
     """Euler with classifier-free guidance on a diffusers transformer: v = v_null + cfg·(v_text − v_null), the
     two passes batched (cfg 1 skips the unconditional one). `noise` [B, C, f, h, w]; text/null [B, L, D] with
-    masks [B, L]. With a `companion` (the other Wan 2.2 expert) each step runs `expert_for` its σ."""
+    masks [B, L]. With a `companion` (the other Wan 2.2 expert) each step runs `expert_for` its σ. With
+    `lora_sigma_min` the transformer's LoRAs run only on steps with σ ≥ it (`lora_switch`)."""
     device, dtype = transformer_device_dtype(transformer)
     model_at = expert_for(transformer, sigma_range, companion)
+    switch = lora_switch(transformer, lora_sigma_min)
     guided = cfg != 1.0
     cond = (torch.cat([null_text, text]) if guided else text).to(device, dtype)
     cond_mask = (torch.cat([null_mask, text_mask]) if guided else text_mask).to(device)
 
     def velocity(z, sigma):
+        switch(sigma)
         batch = torch.cat([z, z]) if guided else z
         sigmas_b = torch.full((batch.shape[0],), sigma, device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type == "cuda"):
@@ -85,14 +114,19 @@ def denoise(arch, transformer, noise, text, text_mask, null_text, null_mask, sig
         v_null, v_text = v.chunk(2)
         return v_null + cfg * (v_text - v_null)
 
-    return euler(velocity, noise.to(device), sigmas, progress, callback)
+    try:
+        return euler(velocity, noise.to(device), sigmas, progress, callback)
+    finally:
+        switch(1.0)           # the LoRAs on again, as the caller left them
 
 
 def generate(base, prompt: str, frames: int | None = None, height: int | None = None, width: int | None = None,
              steps: int | None = None, cfg: float | None = None, seed: int = 0, negative_prompt: str | None = None,
-             shift: float | None = None, progress: bool = True, callback=None) -> torch.Tensor:
+             shift: float | None = None, progress: bool = True, callback=None,
+             lora_sigma_min: float | None = None) -> torch.Tensor:
     """Sample one video for `prompt` with whatever LoRAs are active/merged in `base.transformer` (and, for a Wan 2.2
-    A14B pair, its `companion` expert below or above the boundary).
+    A14B pair, its `companion` expert below or above the boundary); with `lora_sigma_min`, the active (unmerged)
+    LoRAs only on steps with σ ≥ it and the base alone below (`lora_switch`).
 
     Defaults are the architecture's (Mochi 61×480×848, 64 steps, CFG 6; Wan 81×480×832, 50 steps, CFG 5).
     Returns the decoded video [3, F, H, W] in [-1, 1] (CPU, float32).
@@ -116,7 +150,7 @@ def generate(base, prompt: str, frames: int | None = None, height: int | None = 
     null, null_mask = base.text_encoder.encode([negative_prompt]) if negative_prompt else base.null_text(1)
     sigmas = sampling_schedule(arch, steps, shift)
     latents = denoise(arch, base.transformer, noise, text, text_mask, null, null_mask, sigmas, cfg, progress, callback,
-                      base.sigma_range, base.companion)
+                      base.sigma_range, base.companion, lora_sigma_min)
     if not torch.isfinite(latents).all():
         raise ValueError("the sampled video is NaN or infinite: a LoRA applied to the model holds non-finite weights "
                          "(a diverged training run?), or its strength is too large")

@@ -195,6 +195,23 @@ class _Merge:
 _MERGE_ATTR = "_dreamrelation_merge"
 
 
+def _inference_strengths(strengths: dict | None) -> dict:
+    """role -> strength: relation and ffn 1.0 unless given, every other role only if given."""
+    return {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
+
+
+def run_inference_set(model: torch.nn.Module, strengths: dict | None = None) -> None:
+    """What `merge_inference_set` merges, left as unmerged adapters each scaled by its strength (diffusers'
+    `set_adapters`), so that sampling can switch them off at low noise (`sampling.lora_switch`)."""
+    strengths = _inference_strengths(strengths)
+    unmerge_lora(model)
+    roles = [r for r in getattr(model, "peft_config", {}) if strengths.get(r, 0.0) != 0.0]
+    if roles:
+        model.set_adapters(roles, [float(strengths[r]) for r in roles])
+    else:
+        activate(model, ())
+
+
 def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None, undoable: bool = True) -> None:
     """Merge relation + ffn into the base weights (subjects dropped), as DreamRelation infers (paper §3.4).
 
@@ -204,7 +221,7 @@ def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None, u
     transformer again. With `undoable` the original weights and the adapters are kept (on the CPU) so that
     `unmerge_lora` restores the model exactly; merging again first does that, so merges never stack.
     """
-    strengths = {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
+    strengths = _inference_strengths(strengths)
     unmerge_lora(model)
     present = list(getattr(model, "peft_config", {}))
     if not present:

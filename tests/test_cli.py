@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,44 @@ def test_saved_lora_reproduces_the_trainers_inference_set(run_config, tmp_path):
     merge_inference_set(base.transformer)
     assert torch.allclose(generate(base, "a cat approaches a dog", **kwargs), expected, atol=1e-4)
     assert not torch.allclose(plain, expected, atol=1e-3)
+
+
+def test_lora_on_high_noise_steps_only(run_config, tmp_path):
+    """`lora_sigma_min`: the LoRA on the steps with σ ≥ it and the plain base below, exactly as if a LoRA-free copy
+    denoised the low-noise steps; the LoRA is on again afterwards; the CLI samples with it; a merged LoRA or none,
+    or a σ outside [0, 1], is refused."""
+    import copy
+
+    from dreamrelation_core.flow import sampling_schedule
+    from dreamrelation_core.triplet import run_inference_set
+
+    lora = RelationTrainer.from_config(load_config(run_config), output_dir=tmp_path / "o", progress=False).train()
+    kwargs = dict(frames=9, height=32, width=32, steps=3, cfg=4.0, seed=1, progress=False)
+    base = load_base("tiny-wan")
+    plain_transformer = copy.deepcopy(base.transformer)
+    plain = generate(base, "a cat approaches a dog", **kwargs)
+    load_relation_lora(base.transformer, lora, ["relation", "ffn"])
+    whole = generate(base, "a cat approaches a dog", **kwargs)
+    cut = float(sampling_schedule(base.arch, 3)[1])             # the LoRA on the first two of three steps
+    gated = generate(base, "a cat approaches a dog", lora_sigma_min=cut, **kwargs)
+    assert torch.equal(generate(base, "a cat approaches a dog", **kwargs), whole)          # on again afterwards
+    assert torch.equal(generate(base, "a cat approaches a dog", lora_sigma_min=0.0, **kwargs), whole)
+    split = dataclasses.replace(base, sigma_range=(cut, 1.0), companion=plain_transformer)
+    assert torch.allclose(gated, generate(split, "a cat approaches a dog", **kwargs), atol=1e-6)
+    assert not torch.allclose(gated, whole, atol=1e-4) and not torch.allclose(gated, plain, atol=1e-4)
+
+    video = tmp_path / "gated.mp4"
+    assert main(["sample", "--base", "tiny-wan", "--lora", str(lora), "--prompt", "a bear approaches a fox",
+                 "--frames", "9", "--height", "32", "--width", "32", "--steps", "3", "--lora-sigma-min", "0.5",
+                 "--out", str(video)]) == 0
+    assert read_video(video)[0].shape == (9, 32, 32, 3)
+    with pytest.raises(ValueError, match=r"lora_sigma_min must be a σ in \[0, 1\], got 1.5"):
+        generate(base, "a dog", lora_sigma_min=1.5, **kwargs)
+    merge_inference_set(base.transformer)
+    with pytest.raises(ValueError, match="lora_sigma_min: the transformer holds no unmerged LoRA"):
+        generate(base, "a dog", lora_sigma_min=0.5, **kwargs)
+    run_inference_set(base.transformer)                       # unmerged again: switchable
+    assert torch.allclose(generate(base, "a cat approaches a dog", lora_sigma_min=cut, **kwargs), gated, atol=1e-5)
 
 
 def test_bad_config_is_a_clear_error(tmp_path, capsys):

@@ -3,7 +3,7 @@ import torch
 
 from dreamrelation_core.archs import INFERENCE_ROLES, MOCHI, ROLES, WAN
 from dreamrelation_core.triplet import (GROUP_ROLES, TripletConfig, activate, inject_triplet, lora_parameters,
-                                        merge_inference_set, resolve_targets, role_parameters)
+                                        merge_inference_set, resolve_targets, role_parameters, run_inference_set)
 
 
 def inputs(arch, model, seed=0):
@@ -187,6 +187,24 @@ def test_strengths_scale_the_merged_delta(make_tiny):
     merge_inference_set(model, {"relation": 0.5, "ffn": 1.0})
     merged = dict(model.named_modules())["blocks.0.attn1.to_q"].weight
     assert torch.allclose(merged, w0 + 0.5 * delta, atol=1e-6)
+
+
+def test_unmerged_inference_set_at_strengths_equals_the_merge(make_tiny):
+    """run_inference_set leaves what merge_inference_set merges as switchable adapters, scaled alike."""
+    model = make_tiny(WAN)
+    inject_triplet(model, WAN, TripletConfig(rank=4, alpha=8))
+    randomize_lora(model)
+    x = inputs(WAN, model)
+    strengths = {"relation": 0.5, "ffn": 1.5, "subject1": 0.0, "subject2": 0.0}
+    with torch.no_grad():
+        run_inference_set(model, strengths)
+        unmerged = WAN.velocity(model, *x)
+        run_inference_set(model, {"relation": 1.0, "ffn": 1.0})
+        at_one = WAN.velocity(model, *x)
+        merge_inference_set(model, strengths)
+        merged = WAN.velocity(model, *x)
+    assert torch.allclose(unmerged, merged, atol=1e-5)
+    assert not torch.allclose(at_one, merged, atol=1e-3)          # the strengths really scale
 
 
 def test_merging_again_replaces_the_merge_and_unmerge_restores_the_base(make_tiny):
