@@ -37,8 +37,8 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
         return original_train(self, *args, **kwargs)
 
     def judge(base, *args):
-        judged.append({role for layer in base.transformer.modules() if isinstance(layer, BaseTunerLayer)
-                       for role in layer.active_adapters})
+        judged.append(({role for layer in base.transformer.modules() if isinstance(layer, BaseTunerLayer)
+                        for role in layer.active_adapters}, args[-1]))
         return original_judge(base, *args)
 
     monkeypatch.setattr(trainer_module.RelationTrainer, "train", train)
@@ -47,7 +47,8 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
                                sample_steps=2, progress=False)
     assert list(result["methods"]) == list(quality.METHODS) == [
         "dreamrelation", "dreamrelation_all_roles", "dreamrelation_reference_mlp", "dreamrelation_relation_mlp",
-        "dreamrelation_motion_vo", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras", "base"]
+        "dreamrelation_motion_vo", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras",
+        "dreamrelation_high_noise", "direct_lora_high_noise", "no_hmt_high_noise", "base"]
     for method in result["methods"].values():
         assert 0.0 <= method["relation_accuracy"] <= 1.0 and 0.0 <= method["leakage"] <= 1.0
         clips = method["per_relation"]["pushes"]["clips"]
@@ -59,20 +60,26 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     assert set(result["placements"]["motion_vo"]["vs_reference"]) == {"difference", "low", "high", "beyond_noise"}
     assert "| dreamrelation |" in quality.markdown(result) and "motion_vo − reference" in quality.markdown(result)
     assert f"base `{quality.DEFAULT.weights.name}`." in quality.markdown(result)
-    assert set(result["comparisons"]) == {"dreamrelation_vs_direct_lora", "dreamrelation_vs_direct_lora_without_leak",
-                                          "no_hmt_vs_dreamrelation_without_leak", "no_hmt_vs_dreamrelation_leakage"}
+    assert set(result["comparisons"]) == {
+        "dreamrelation_vs_direct_lora", "dreamrelation_vs_direct_lora_without_leak",
+        "no_hmt_vs_dreamrelation_without_leak", "no_hmt_vs_dreamrelation_leakage",
+        "direct_lora_high_noise_vs_direct_lora_leakage", "direct_lora_high_noise_vs_direct_lora",
+        "dreamrelation_high_noise_vs_direct_lora_high_noise",
+        "dreamrelation_high_noise_vs_direct_lora_high_noise_without_leak"}
     clips = {m: result["methods"][m]["per_relation"]["pushes"]["clips"] for m in ("no_hmt", "dreamrelation")}
     assert result["comparisons"]["no_hmt_vs_dreamrelation_leakage"]["difference"] == (
         sum(c["leaked"] for c in clips["no_hmt"]) - sum(c["leaked"] for c in clips["dreamrelation"])) / 2
     assert "| dreamrelation − direct_lora, relation without a leak |" in quality.markdown(result)
     assert "| no_hmt − dreamrelation, leakage |" in quality.markdown(result)
     assert quality.markdown(result, study=True).startswith("## SynthRel quality benchmark (protocol v2): the hybrid")
-    # One training run per distinct setting: the all-roles diagnostic reuses DreamRelation's triplet.
+    # One training run per distinct setting: the all-roles diagnostic and the high-noise rows reuse a trained LoRA.
     assert len(runs) == 8 and [r.subject_loras for r in runs].count(False) == 1
     assert runs[0].hybrid_masks and runs[0].subject_loras                  # DreamRelation's own run comes first
-    # Each method is judged with its inference roles active (none for the base).
-    inference = {"relation", "ffn"}
-    assert judged == [inference, set(ROLES)] + [inference] * 3 + [set(ROLES)] + [inference] * 3 + [set()]
+    # Each method is judged with its inference roles active (none for the base), the high-noise rows with the
+    # LoRA switched off below recipe.HIGH_NOISE_SIGMA.
+    inference, cut = {"relation", "ffn"}, quality.HIGH_NOISE_SIGMA
+    assert judged == ([(inference, None), (set(ROLES), None)] + [(inference, None)] * 3 + [(set(ROLES), None)]
+                      + [(inference, None)] * 3 + [(inference, cut), (set(ROLES), cut), (inference, cut), (set(), None)])
 
 
 def test_paired_bootstrap_tells_a_real_difference_from_noise():

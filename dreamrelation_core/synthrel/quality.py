@@ -22,7 +22,7 @@ from ..archs import INFERENCE_ROLES, ROLES, SYNTHREL
 from ..files import atomic_write_json
 from .base import HELD_OUT, build_synthrel_base
 from .protocol import DEFAULT, Protocol
-from .recipe import CFG, STEPS, TRAIN_SIGMA_MIN, TRAIN_STEPS, run_config, sample_clip
+from .recipe import CFG, HIGH_NOISE_SIGMA, STEPS, TRAIN_SIGMA_MIN, TRAIN_STEPS, run_config, sample_clip
 from .render import caption as make_caption, write_exemplars
 
 PROMPTS = 8               # unseen subject pairs per relation, each sampled with every seed
@@ -36,8 +36,12 @@ METHODS = {
     "no_hmt": ({"hybrid_masks": False}, INFERENCE_ROLES),
     "no_rcl": ({"rcl": False}, INFERENCE_ROLES),
     "no_subject_loras": ({"subject_loras": False}, INFERENCE_ROLES),
-    "base": (None, ()),
 }
+# The same trained LoRAs sampled with the LoRA on the high-noise steps only (recipe.HIGH_NOISE_SIGMA), then the base.
+METHODS |= {f"{m}_high_noise": ({**METHODS[m][0], "lora_sigma_min": HIGH_NOISE_SIGMA}, METHODS[m][1])
+            for m in ("dreamrelation", "direct_lora", "no_hmt")}
+METHODS["base"] = (None, ())
+INFERENCE_ONLY = ("lora_sigma_min",)     # overrides that change sampling, not training: they share a training run
 # The study of why hybrid mask training keeps the relation out (`bench quality --study`, docs/benchmarks.md): each
 # variant changes one thing from DreamRelation's row. A step trains one group, so at the benchmark's steps the
 # relation group gets a third of direct LoRA's updates; the mask weight sets how much of each step goes to the
@@ -58,7 +62,10 @@ VARIANTS = {**METHODS, **STUDY}
 # The paired comparisons every table reports when both methods ran: (a, b, outcome) for a − b. Hybrid mask training
 # is the one ablation that moved on every SynthRel run (docs/benchmarks.md).
 COMPARISONS = (("dreamrelation", "direct_lora", "relation"), ("dreamrelation", "direct_lora", "relation_without_leak"),
-               ("no_hmt", "dreamrelation", "relation_without_leak"), ("no_hmt", "dreamrelation", "leaked"))
+               ("no_hmt", "dreamrelation", "relation_without_leak"), ("no_hmt", "dreamrelation", "leaked"),
+               ("direct_lora_high_noise", "direct_lora", "leaked"), ("direct_lora_high_noise", "direct_lora", "relation"),
+               ("dreamrelation_high_noise", "direct_lora_high_noise", "relation"),
+               ("dreamrelation_high_noise", "direct_lora_high_noise", "relation_without_leak"))
 OUTCOME_NAMES = {"relation": ("", ""), "relation_without_leak": ("_without_leak", ", relation without a leak"),
                  "leaked": ("_leakage", ", leakage")}      # outcome: (suffix of its JSON key, of its table label)
 
@@ -67,16 +74,17 @@ def _comparison_key(a: str, b: str, key: str) -> str:
     return f"{a}_vs_{b}{OUTCOME_NAMES[key][0]}"
 
 
-def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = DEFAULT) -> dict:
-    """Evaluator verdicts for every (pair, seed) sample of `base` (with whatever LoRA is active); `clips` keeps
-    each verdict in (pair, seed) order for paired comparisons."""
+def judge(base, relation: str, pairs, seeds, steps: int, cfg: float, protocol: Protocol = DEFAULT,
+          lora_sigma_min: float | None = None) -> dict:
+    """Evaluator verdicts for every (pair, seed) sample of `base` (with whatever LoRA is active, on σ ≥
+    `lora_sigma_min` if given); `clips` keeps each verdict in (pair, seed) order for paired comparisons."""
     from .evaluate import evaluate_video
 
     per_seed, clips = {s: [] for s in seeds}, []
     for s1, s2 in pairs:
         prompt = make_caption(relation, s1, s2)
         for seed in seeds:
-            verdict = evaluate_video(sample_clip(base, prompt, seed, steps, cfg, protocol), s1, s2,
+            verdict = evaluate_video(sample_clip(base, prompt, seed, steps, cfg, protocol, lora_sigma_min), s1, s2,
                                      protocol.exemplar_subjects)
             per_seed[seed].append(verdict["relation"] == relation)
             clips.append({"relation": verdict["relation"] == relation, "leaked": bool(verdict["leaked"]),
@@ -152,7 +160,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                 if overrides is None:
                     base, train_seconds = build_synthrel_base(protocol.weights), 0.0
                 else:
-                    key = json.dumps(overrides, sort_keys=True)
+                    key = json.dumps({k: v for k, v in overrides.items() if k not in INFERENCE_ONLY}, sort_keys=True)
                     if key not in trained:
                         start = time.time()
                         config = run_config(folder / method, exemplar_folder, steps, overrides, 0, protocol)
@@ -163,7 +171,8 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                     base, train_seconds = trained[key]
                 activate(base.transformer, roles)
                 base.transformer.eval()
-                verdict = judge(base, relation, pairs, seeds, sample_steps, cfg, protocol)
+                verdict = judge(base, relation, pairs, seeds, sample_steps, cfg, protocol,
+                                (overrides or {}).get("lora_sigma_min"))
                 verdict["train_seconds"] = train_seconds
                 results[method]["per_relation"][relation] = verdict
                 if work is not None:
