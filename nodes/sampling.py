@@ -1,10 +1,12 @@
-"""Relation Sample: a one-node preview of a relation LoRA (empty latent -> ComfyUI sampler -> VAE decode)."""
+"""Relation Sample: a one-node preview of a relation LoRA (empty latent -> ComfyUI sampler -> VAE decode), optionally
+with the LoRA on the high-noise steps only (a second, LoRA-free model below a σ)."""
 from __future__ import annotations
 
 import torch
 
 import comfy.model_management
 import comfy.sample
+import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
@@ -21,6 +23,12 @@ def empty_latent(model, arch, length: int, height: int, width: int) -> torch.Ten
     ratio = getattr(latent_format, "spacial_downscale_ratio", arch.spatial_ratio)
     return torch.zeros([1, latent_format.latent_channels, arch.latent_frames(length), height // ratio,
                         width // ratio], device=comfy.model_management.intermediate_device())
+
+
+def high_noise_steps(model, scheduler: str, steps: int, switch_sigma: float) -> int:
+    """How many of the `steps` start at σ ≥ `switch_sigma` on the model's own schedule (those run `model`)."""
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    return int((sigmas[:-1] >= switch_sigma).sum())
 
 
 class RelationSample(io.ComfyNode):
@@ -47,16 +55,36 @@ class RelationSample(io.ComfyNode):
                                tooltip="Classifier-free guidance scale (paper: 6)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed."),
+                io.Float.Input("switch_sigma", default=0.75, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
+                               tooltip="With low_noise_model connected: the noise level σ below which it denoises "
+                                       "instead of model. 0.75 on SynthRel; the relation is decided above it."),
+                io.Model.Input("low_noise_model", optional=True,
+                               tooltip="Optional: the same model without the relation LoRA (wire the model from "
+                                       "before Load Relation LoRA). It denoises the steps below switch_sigma, so "
+                                       "the LoRA sets the motion and the model alone draws the looks: fewer of the "
+                                       "exemplars' looks (docs/method.md)."),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="The decoded frames of the video.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, vae, width, height, length, steps, cfg, seed):
+    def execute(cls, model, positive, negative, vae, width, height, length, steps, cfg, seed, switch_sigma=0.75,
+                low_noise_model=None):
         arch = native_architecture(model)
+        scheduler = SCHEDULERS[arch.sample_schedule]
         latent = empty_latent(model, arch, length, height, width)
         noise = comfy.sample.prepare_noise(latent, seed)
-        samples = comfy.sample.sample(model, noise, steps, cfg, "euler", SCHEDULERS[arch.sample_schedule], positive, negative,
-                                      latent, seed=seed)
+        switch = steps if low_noise_model is None else high_noise_steps(model, scheduler, steps, switch_sigma)
+        if switch == steps:
+            samples = comfy.sample.sample(model, noise, steps, cfg, "euler", scheduler, positive, negative, latent,
+                                          seed=seed)
+        else:       # two passes, as KSamplerAdvanced chains them: model to the switch, low_noise_model from it
+            if switch > 0:
+                latent = comfy.sample.sample(model, noise, steps, cfg, "euler", scheduler, positive, negative, latent,
+                                             start_step=0, last_step=switch, force_full_denoise=False, seed=seed)
+                noise = torch.zeros_like(noise)
+            samples = comfy.sample.sample(low_noise_model, noise, steps, cfg, "euler", scheduler, positive, negative,
+                                          latent, start_step=switch, last_step=steps, force_full_denoise=True,
+                                          seed=seed)
         images = vae.decode(samples)
         return io.NodeOutput(images.reshape(-1, *images.shape[-3:]))

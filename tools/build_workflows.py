@@ -79,8 +79,8 @@ def train_wan():
     links += [("mask1", 2, "preview_masks", "images"), ("unet", 0, "train", "model"), ("clip", 0, "train", "clip"),
               ("vae", 0, "train", "vae"), ("add2", 0, "train", "exemplars"), ("clip", 0, "positive", "clip"),
               ("clip", 0, "negative", "clip"), ("train", 0, "sample", "model"), ("positive", 0, "sample", "positive"),
-              ("negative", 0, "sample", "negative"), ("vae", 0, "sample", "vae"), ("sample", 0, "video", "images"),
-              ("video", 0, "save", "video")]
+              ("negative", 0, "sample", "negative"), ("vae", 0, "sample", "vae"), ("unet", 0, "sample", "low_noise_model"),
+              ("sample", 0, "video", "images"), ("video", 0, "save", "video")]
     return "Train a relation (high-five) from exemplar videos on Wan 2.1 1.3B", nodes, links
 
 
@@ -181,6 +181,8 @@ GUIDES = {
         "on Mask Video, each subject's box on the first frame (x,y,width,height), tracked through the clip. One row "
         "per video, chained through Add Exemplar; the preview shows the masks.\n3. Run. Train writes "
         "models/loras/<lora_name>.safetensors; Cancel keeps a checkpoint and the next Run resumes it.\n"
+        "Relation Sample applies the LoRA above switch_sigma only and the plain model (low_noise_model) below it: "
+        "fewer of the exemplars' looks. Disconnect it to apply the LoRA on every step.\n"
         "The relation LoRA then works with any LoRA loader and prompt.",
         [("1 · Models", ["unet", "clip", "vae"]), ("2 · Prompt with new subjects", ["positive", "negative"]),
          ("3 · Exemplars: one row per video, a box per subject", ["video1", "frames1", "mask1", "add1", "video2",

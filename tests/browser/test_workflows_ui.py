@@ -44,6 +44,16 @@ def intended_inputs(name: str, info: dict) -> dict:
     return intended
 
 
+def assert_links_kept(prompt: dict, name: str) -> None:
+    """Every link of workflow `name`'s spec reaches the prompt the frontend sends (optional sockets included, such
+    as Relation Sample's low_noise_model, which a frontend that drops it would silently leave unused)."""
+    _, nodes, links = BUILDER.WORKFLOWS[name]()
+    ids = {node: str(number) for number, (node, *_rest) in enumerate(nodes, start=1)}
+    for source, slot, target, input_name in links:
+        got = prompt[ids[target]]["inputs"].get(input_name)
+        assert got == [ids[source], slot], f"{target}.{input_name}: the frontend sends {got!r}"
+
+
 def assert_prompt_means(prompt: dict, intended: dict) -> None:
     assert sorted(prompt, key=int) == sorted(intended, key=int)
     for node_id, (class_type, widgets) in intended.items():
@@ -85,7 +95,9 @@ def assert_layout_reads(layout: dict, name: str) -> None:
 def test_workflow_file_loads_with_every_value_it_means(ui, path):
     ui.load(json.loads(path.read_text()))
     assert ui.missing_types() == []
-    assert_prompt_means(ui.prompt(), intended_inputs(path.stem, ui.server.get("/object_info")))
+    prompt = ui.prompt()
+    assert_prompt_means(prompt, intended_inputs(path.stem, ui.server.get("/object_info")))
+    assert_links_kept(prompt, path.stem)
     assert {value for _, value in ui.control_values()} <= {"fixed"}       # every seed stays as shipped
     assert_layout_reads(ui.layout(), path.stem)
     shots = os.environ.get("DREAMRELATION_SCREENSHOTS")

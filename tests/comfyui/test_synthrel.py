@@ -111,6 +111,27 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
     before = nodes.RelationSample.execute(model, positive, negative, vae, width, height, frames, 4, 4.0, 0).result[0]
     assert not np.allclose(images.numpy(), before.numpy())      # the LoRA changes what is drawn
 
+    # The LoRA on the high-noise steps only: exactly what two stock KSamplerAdvanced nodes give, chained at the
+    # switch (the trained model down to σ 0.6, the model without the LoRA after it).
+    import importlib
+
+    sample = nodes.RelationSample.execute
+    gated = sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.6, model).result[0]
+    switch = nodes.sampling.high_noise_steps(trained, "simple", 4, 0.6)
+    assert switch == 2                                        # σ 1, 0.75 | 0.5, 0.25
+    advanced = importlib.import_module("nodes").KSamplerAdvanced()
+    latent = {"samples": nodes.sampling.empty_latent(model, SYNTHREL, frames, height, width)}
+    (first,) = advanced.sample(trained, "enable", 0, 4, 4.0, "euler", "simple", positive, negative, latent, 0,
+                               switch, "enable")
+    (second,) = advanced.sample(model, "disable", 0, 4, 4.0, "euler", "simple", positive, negative, first, switch,
+                                10000, "disable")
+    assert torch.allclose(gated, vae.decode(second["samples"]).reshape(gated.shape), atol=1e-6)
+    assert not np.allclose(gated.numpy(), images.numpy()) and not np.allclose(gated.numpy(), before.numpy())
+    assert torch.equal(sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.0,
+                              model).result[0], images)           # switch at 0: the LoRA on every step
+    assert torch.allclose(sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 1.01,
+                                 model).result[0], before, atol=1e-6)   # above every σ: the model alone
+
 
 PACK_WITHOUT_TRAINER_STACK = r'''
 import importlib.util, sys
