@@ -131,6 +131,10 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
                               model).result[0], images)           # switch at 0: the LoRA on every step
     assert torch.allclose(sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 1.01,
                                  model).result[0], before, atol=1e-6)   # above every σ: the model alone
+    from .native_models import native_model
+
+    with pytest.raises(ValueError, match="low_noise_model is a wan model but model is synthrel"):
+        sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.6, native_model(comfy, "wan"))
 
 
 PACK_WITHOUT_TRAINER_STACK = r'''
