@@ -195,21 +195,18 @@ class _Merge:
 _MERGE_ATTR = "_dreamrelation_merge"
 
 
-def _inference_strengths(strengths: dict | None) -> dict:
-    """role -> strength: relation and ffn 1.0 unless given, every other role only if given."""
-    return {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
-
-
-def run_inference_set(model: torch.nn.Module, strengths: dict | None = None) -> None:
+def run_inference_set(model: torch.nn.Module, strengths: dict | None = None) -> list:
     """What `merge_inference_set` merges, left as unmerged adapters each scaled by its strength (diffusers'
-    `set_adapters`), so that sampling can switch them off at low noise (`sampling.lora_switch`)."""
-    strengths = _inference_strengths(strengths)
+    `set_adapters`), so that sampling can switch them off at low noise (`sampling.lora_switch`): relation and ffn
+    at 1.0 unless given, any other role only if given a nonzero strength. Returns the roles that run."""
+    strengths = {role: 1.0 for role in INFERENCE_ROLES} | dict(strengths or {})
     unmerge_lora(model)
     roles = [r for r in getattr(model, "peft_config", {}) if strengths.get(r, 0.0) != 0.0]
     if roles:
         model.set_adapters(roles, [float(strengths[r]) for r in roles])
-    else:
+    elif getattr(model, "peft_config", None):
         activate(model, ())
+    return roles
 
 
 def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None, undoable: bool = True) -> None:
@@ -221,12 +218,9 @@ def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None, u
     transformer again. With `undoable` the original weights and the adapters are kept (on the CPU) so that
     `unmerge_lora` restores the model exactly; merging again first does that, so merges never stack.
     """
-    strengths = _inference_strengths(strengths)
-    unmerge_lora(model)
-    present = list(getattr(model, "peft_config", {}))
-    if not present:
+    merged = run_inference_set(model, strengths)      # the roles to merge, scaled by their strengths
+    if not getattr(model, "peft_config", None):
         return
-    merged = [r for r in present if strengths.get(r, 0.0) != 0.0]
     record = None
     if undoable:
         touched = {name.split(".lora_")[0] for role in merged for name in role_parameters(model, role)}
@@ -236,7 +230,6 @@ def merge_inference_set(model: torch.nn.Module, strengths: dict | None = None, u
                         configs={r: copy.deepcopy(c) for r, c in model.peft_config.items()},
                         parameters={n: p.detach().to("cpu", copy=True) for n, p in lora_parameters(model).items()})
     if merged:
-        model.set_adapters(merged, [float(strengths[r]) for r in merged])
         model.fuse_lora(adapter_names=merged)
     model.unload_lora()
     if record is not None:

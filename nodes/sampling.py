@@ -71,9 +71,10 @@ class RelationSample(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, width, height, length, steps, cfg, seed, switch_sigma=0.75,
                 low_noise_model=None):
         arch = native_architecture(model)
-        if low_noise_model is not None and native_architecture(low_noise_model).name != arch.name:
-            raise ValueError(f"low_noise_model is a {native_architecture(low_noise_model).name} model but model is "
-                             f"{arch.name}: connect the same model without the relation LoRA")
+        other = None if low_noise_model is None else native_architecture(low_noise_model)
+        if other is not None and other.name != arch.name:
+            raise ValueError(f"low_noise_model is a {other.name} model but model is {arch.name}: connect the same "
+                             "model without the relation LoRA")
         scheduler = SCHEDULERS[arch.sample_schedule]
         latent = empty_latent(model, arch, length, height, width)
         noise = comfy.sample.prepare_noise(latent, seed)
