@@ -156,11 +156,12 @@ def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
 
     result = run_demo(tmp_path, steps=2, progress=False)
     frames, _ = read_video(result["video"])
-    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA | without HMT, the protocol's clips upscaled 4×
-    # under a label
+    # 4 seeds (rows) × exemplar | base | DreamRelation | direct LoRA | without HMT | the three LoRAs at high noise
+    # only, the protocol's clips upscaled 4× under a label
     from dreamrelation_core.synthrel.protocol import DEFAULT
+    from dreamrelation_core.synthrel.recipe import HIGH_NOISE_SIGMA
     (height, width), length = DEFAULT.size, DEFAULT.frames
-    assert frames.shape == (length, 4 * (LABEL_HEIGHT + 4 * height), 5 * 4 * width, 3) and result["lora"].is_file()
+    assert frames.shape == (length, 4 * (LABEL_HEIGHT + 4 * height), 8 * 4 * width, 3) and result["lora"].is_file()
     metrics = json.loads(result["metrics"].read_text())
     assert metrics["relation"] == "pushes" and set(metrics) >= {"base", "dreamrelation", "direct_lora", "no_hmt",
                                                                 "prompt"}
@@ -171,6 +172,12 @@ def test_demo_writes_lora_side_by_side_and_metrics(tmp_path):
               for name, folder in (("dreamrelation", tmp_path), ("no_hmt", tmp_path / "no_hmt"))}
     assert groups["no_hmt"] == [None, None] and None not in groups["dreamrelation"]      # every role every step
     assert (tmp_path / "no_hmt" / "relation.safetensors").is_file() and len(metrics["no_hmt"]["verdicts"]) == 4
+    # the high-noise columns sample the same LoRAs again (no training folder of their own), gated at the recipe's σ
+    assert {metrics[m]["lora_sigma_min"] for m in ("dreamrelation", "direct_lora", "no_hmt", "base")} == {None}
+    for method in ("dreamrelation", "direct_lora", "no_hmt"):
+        assert metrics[f"{method}_high_noise"]["lora_sigma_min"] == HIGH_NOISE_SIGMA
+        assert len(metrics[f"{method}_high_noise"]["verdicts"]) == 4
+        assert not (tmp_path / f"{method}_high_noise").exists()
 
 
 def test_a_missing_trainer_dependency_names_the_cli_extra(run_config, tmp_path, monkeypatch, capsys):
