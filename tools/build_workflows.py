@@ -129,46 +129,55 @@ def mochi_official():
 def synthrel_demo():
     from dreamrelation_core.archs import SYNTHREL
     from dreamrelation_core.synthrel.protocol import DEFAULT
-    from dreamrelation_core.synthrel.recipe import TRAIN_SIGMA_MIN, TRAIN_STEPS
+    from dreamrelation_core.synthrel.recipe import HIGH_NOISE_SIGMA, TRAIN_SIGMA_MIN, TRAIN_STEPS
 
     size = {"width": DEFAULT.size[1], "height": DEFAULT.size[0], "length": DEFAULT.frames}
     sample = {**size, "steps": SYNTHREL.sample_steps, "cfg": SYNTHREL.sample_cfg, "seed": 0}
+    train = {"lora_name": "synthrel_pushes", "steps": TRAIN_STEPS, "learning_rate": 1e-3, "rank": 8, "alpha": 8.0,
+             **size, "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0, "checkpoint_every": 100, "resume": True,
+             "gradient_checkpointing": False, "preview_every": 0, "sigma_min": TRAIN_SIGMA_MIN}
+    # Two LoRAs from the same exemplars: the paper's (hybrid masks, the LoRA on every step) and the settings the
+    # README recommends (no hybrid masks; the LoRA above switch_sigma only, the plain base below; docs/method.md).
     nodes = [
         ("base", "DreamRelationLoadSynthRelBase", {}, (0, 0)),
         ("exemplars", "DreamRelationSynthRelExemplars", {"relation": "pushes", "count": 8, "seed": 0}, (0, 1)),
         ("positive", "CLIPTextEncode", {}, (1, 0)),
         ("negative", "CLIPTextEncode", {"text": ""}, (1, 1)),
-        ("exemplars_big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 4.0}, (1, 2)),
-        ("train", "DreamRelationTrain", {"lora_name": "synthrel_pushes", "steps": TRAIN_STEPS, "learning_rate": 1e-3,
-                                         "rank": 8, "alpha": 8.0, **size,
-                                         "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0, "checkpoint_every": 100,
-                                         "resume": True, "gradient_checkpointing": False, "preview_every": 0,
-                                         "sigma_min": TRAIN_SIGMA_MIN},
-         (2, 0)),
-        ("base_sample", "DreamRelationSample", sample, (3, 1)),
+        ("exemplars_big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 4.0}, (0, 2)),
+        ("train", "DreamRelationTrain", train, (2, 0)),
+        ("train_no_hmt", "DreamRelationTrain", {**train, "lora_name": "synthrel_pushes_no_hmt",
+                                                "hybrid_masks": False}, (3, 0)),
         ("save_exemplars", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_exemplars", "fps": 8.0},
-         (2, 2)),
-        ("relation_sample", "DreamRelationSample", sample, (3, 0)),
-        ("judge_base", "DreamRelationSynthRelEvaluate", {}, (4, 1)),
+         (1, 2)),
+        ("relation_sample", "DreamRelationSample", sample, (2, 1)),
+        ("no_hmt_sample", "DreamRelationSample", {**sample, "switch_sigma": HIGH_NOISE_SIGMA}, (3, 1)),
+        ("base_sample", "DreamRelationSample", sample, (4, 1)),
+        ("judge_relation", "DreamRelationSynthRelEvaluate", {}, (2, 2)),
+        ("judge_no_hmt", "DreamRelationSynthRelEvaluate", {}, (3, 2)),
+        ("judge_base", "DreamRelationSynthRelEvaluate", {}, (4, 2)),
         ("side_by_side", "ImageStitch", {"direction": "right", "spacing_width": 2, "spacing_color": "white"},
-         (5, 0)),
-        ("judge_relation", "DreamRelationSynthRelEvaluate", {}, (4, 0)),
-        ("big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}, (6, 0)),
-        ("save", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_base_vs_dreamrelation", "fps": 8.0},
-         (7, 0)),
+         (5, 1)),
+        ("side_by_side_3", "ImageStitch", {"direction": "right", "spacing_width": 2, "spacing_color": "white"},
+         (5, 2)),
+        ("big", "ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}, (6, 1)),
+        ("save", "SaveAnimatedWEBP", {"filename_prefix": "dreamrelation/synthrel_side_by_side", "fps": 8.0},
+         (7, 1)),
     ]
     links = [("exemplars", 2, "positive", "text"), ("base", 1, "positive", "clip"), ("base", 1, "negative", "clip"),
-             ("exemplars", 1, "exemplars_big", "image"), ("exemplars_big", 0, "save_exemplars", "images"),
-             ("base", 0, "train", "model"), ("base", 1, "train", "clip"), ("base", 2, "train", "vae"),
-             ("exemplars", 0, "train", "exemplars"),
-             ("base", 0, "base_sample", "model"), ("positive", 0, "base_sample", "positive"),
-             ("negative", 0, "base_sample", "negative"), ("base", 2, "base_sample", "vae"),
-             ("train", 0, "relation_sample", "model"), ("positive", 0, "relation_sample", "positive"),
-             ("negative", 0, "relation_sample", "negative"), ("base", 2, "relation_sample", "vae"),
-             ("base_sample", 0, "judge_base", "images"), ("exemplars", 2, "judge_base", "prompt"),
-             ("relation_sample", 0, "judge_relation", "images"), ("exemplars", 2, "judge_relation", "prompt"),
-             ("base_sample", 0, "side_by_side", "image1"), ("relation_sample", 0, "side_by_side", "image2"),
-             ("side_by_side", 0, "big", "image"), ("big", 0, "save", "images")]
+             ("exemplars", 1, "exemplars_big", "image"), ("exemplars_big", 0, "save_exemplars", "images")]
+    for trainer, sampler, judge in (("train", "relation_sample", "judge_relation"),
+                                    ("train_no_hmt", "no_hmt_sample", "judge_no_hmt"),
+                                    (None, "base_sample", "judge_base")):
+        if trainer:
+            links += [("base", 0, trainer, "model"), ("base", 1, trainer, "clip"), ("base", 2, trainer, "vae"),
+                      ("exemplars", 0, trainer, "exemplars")]
+        links += [(trainer or "base", 0, sampler, "model"), ("positive", 0, sampler, "positive"),
+                  ("negative", 0, sampler, "negative"), ("base", 2, sampler, "vae"),
+                  (sampler, 0, judge, "images"), ("exemplars", 2, judge, "prompt")]
+    links += [("base", 0, "no_hmt_sample", "low_noise_model"),
+              ("base_sample", 0, "side_by_side", "image1"), ("relation_sample", 0, "side_by_side", "image2"),
+              ("side_by_side", 0, "side_by_side_3", "image1"), ("no_hmt_sample", 0, "side_by_side_3", "image2"),
+              ("side_by_side_3", 0, "big", "image"), ("big", 0, "save", "images")]
     return ("SynthRel demo, no download: teach the tiny base a relation it has never seen (pushes) and render it "
             "with new subjects", nodes, links)
 
@@ -202,14 +211,17 @@ GUIDES = {
          ("3 · Prompt", ["positive", "negative"]), ("4 · Sample and save", ["sample", "video", "save"])]),
     "dreamrelation_synthrel_demo": (
         "No download. The tiny SynthRel base has never seen 'pushes'. SynthRel Exemplars renders 8 clips of it: "
-        "two textured subject pairs, captioned 'a shape pushes a shape'. Train learns the relation LoRA triplet "
-        "from them (minutes on a CPU), and the relation LoRA renders the push with subjects the exemplars never "
-        "showed. SynthRel Evaluate judges the base and DreamRelation: PASS or FAIL, and whether exemplar looks "
-        "leaked. The same protocol as `python -m dreamrelation_core demo`.",
+        "two textured subject pairs, captioned 'a shape pushes a shape'. From them (minutes each on a CPU) the "
+        "first Train learns the relation LoRA triplet as the paper does (hybrid masks, the LoRA on every sampling "
+        "step), the second as the README recommends: hybrid_masks off, and Relation Sample applies the LoRA above "
+        "switch_sigma only, the plain base below. The base and both LoRAs then render the prompt, whose subjects the "
+        "exemplars never showed, and SynthRel Evaluate judges each: PASS if the push is seen, and which exemplar "
+        "looks leaked. The same protocol as `python -m dreamrelation_core demo` (README: what it shows).",
         [("1 · Base and exemplars", ["base", "exemplars"]), ("2 · Prompt with new subjects", ["positive", "negative"]),
-         ("3 · Train, then sample with and without the LoRA", ["train", "relation_sample", "base_sample"]),
-         ("4 · Verdicts", ["judge_relation", "judge_base"]),
-         ("5 · Side by side: base | DreamRelation", ["side_by_side", "big", "save"]),
+         ("3 · Train two ways, then sample with and without the LoRA",
+          ["train", "train_no_hmt", "relation_sample", "no_hmt_sample", "base_sample"]),
+         ("4 · Verdicts", ["judge_relation", "judge_no_hmt", "judge_base"]),
+         ("5 · Side by side: base | DreamRelation | recommended", ["side_by_side", "side_by_side_3", "big", "save"]),
          ("Exemplars as Train sees them", ["exemplars_big", "save_exemplars"])]),
 }
 

@@ -129,17 +129,19 @@ def test_new_nodes_keep_their_seed_fixed_and_small_floats(ui):
 
 def test_synthrel_demo_runs_from_the_ui(ui):
     """Workflow 4 opened from the Templates dialog and run (20 training steps, set in its widgets): it completes,
-    saves both animations and the LoRA, draws 20 points on Train's live loss chart and shows the evaluator's
-    verdicts on the Evaluate nodes."""
+    saves both animations and the two LoRAs (the paper's and the recommended), draws 20 points on each Train's live
+    loss chart and shows the evaluator's verdicts on the Evaluate nodes."""
     name = "dreamrelation_synthrel_demo"
     ui.open_template(PACK, name)
     ids = {n["type"]: [] for n in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]}
     for n in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]:
         ids[n["type"]].append(n["id"])
-    (train,) = ids["DreamRelationTrain"]
-    lora = f"synthrel_ui_{ui.version}".replace(".", "_")
-    ui.set_widget(train, "steps", 20)
-    ui.set_widget(train, "lora_name", lora)
+    loras = {}
+    for train in ids["DreamRelationTrain"]:
+        loras[train] = f"synthrel_ui_{ui.version}_{train}".replace(".", "_")
+        ui.set_widget(train, "steps", 20)
+        ui.set_widget(train, "lora_name", loras[train])
+    assert sorted(ui.widgets(train)["hybrid_masks"] for train in loras) == [False, True]
     for node in ids["DreamRelationSample"]:
         ui.set_widget(node, "steps", 3)
     history = ui.run_and_wait()
@@ -147,18 +149,19 @@ def test_synthrel_demo_runs_from_the_ui(ui):
     for node in ids["SaveAnimatedWEBP"]:
         (image,) = history["outputs"][str(node)]["images"]
         assert (ui.server.workdir / "output" / image["subfolder"] / image["filename"]).stat().st_size > 0
-    assert (ui.server.models / "loras" / f"{lora}.safetensors").is_file()
     ui.page.wait_for_function("(ids) => ids.every(id => (window.app.graph.getNodeById(id).widgets ?? [])"
                               ".some(w => w.name === 'verdict' && /^(PASS|FAIL)/.test(w.value)))",
                               arg=ids["DreamRelationSynthRelEvaluate"], timeout=30_000)
-    # the live loss chart: one point per step, the losses the run logged
-    chart = ui.widgets(train)["loss_chart"]
-    log = [json.loads(line) for line in (ui.server.workdir / "output" / "dreamrelation" / lora / "log.jsonl")
-           .read_text().splitlines()]
-    assert [step for step, _ in chart] == list(range(1, 21)) == [r["step"] for r in log]
-    assert [loss for _, loss in chart] == pytest.approx([r["loss"] for r in log])
+    for train, lora in loras.items():
+        assert (ui.server.models / "loras" / f"{lora}.safetensors").is_file()
+        # the live loss chart: one point per step, the losses the run logged
+        chart = ui.widgets(train)["loss_chart"]
+        log = [json.loads(line) for line in (ui.server.workdir / "output" / "dreamrelation" / lora / "log.jsonl")
+               .read_text().splitlines()]
+        assert [step for step, _ in chart] == list(range(1, 21)) == [r["step"] for r in log]
+        assert [loss for _, loss in chart] == pytest.approx([r["loss"] for r in log])
     verdicts = [ui.widgets(node)["verdict"] for node in ids["DreamRelationSynthRelEvaluate"]]
-    assert all("'pushes'" in v for v in verdicts), verdicts
+    assert len(verdicts) == 3 and all("'pushes'" in v for v in verdicts), verdicts
     assert [e for e in ui.errors if "DreamRelation" in e] == []          # our extension threw nothing
 
 

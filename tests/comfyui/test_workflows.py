@@ -49,19 +49,29 @@ def test_workflow_validates_on_a_real_server(server, path):
 
 
 def test_synthrel_demo_workflow_runs_end_to_end(server):
-    """Workflow 4 needs no download: it runs as shipped on a fresh server (here with fewer steps), saves the
-    side-by-side animation and the exemplars, and reports both evaluator verdicts."""
+    """Workflow 4 needs no download: it runs as shipped on a fresh server (here with fewer steps), trains the
+    paper's triplet and the recommended one (no hybrid masks, sampled with the LoRA at high noise only, the plain
+    base below), saves the side-by-side animation and the exemplars, and reports the three evaluator verdicts."""
     path = next(p for p in WORKFLOWS if p.stem == "dreamrelation_synthrel_demo")
     info = server.get("/object_info")
     prompt = to_api(json.loads(path.read_text()), info)
     by_type = {}
     for node_id, node in prompt.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
-    (train,) = by_type["DreamRelationTrain"]
-    from dreamrelation_core.synthrel.recipe import TRAIN_SIGMA_MIN, TRAIN_STEPS
-    assert prompt[train]["inputs"]["steps"] == TRAIN_STEPS         # the JSON repeats the benchmark's constants
-    assert prompt[train]["inputs"]["sigma_min"] == TRAIN_SIGMA_MIN and prompt[train]["inputs"]["sigma_max"] == 1.0
-    prompt[train]["inputs"].update(steps=4, lora_name="synthrel_workflow_test")
+    from dreamrelation_core.synthrel.recipe import HIGH_NOISE_SIGMA, TRAIN_SIGMA_MIN, TRAIN_STEPS
+    trains = {prompt[n]["inputs"]["hybrid_masks"]: n for n in by_type["DreamRelationTrain"]}
+    assert len(trains) == len(by_type["DreamRelationTrain"]) == 2          # one with hybrid masks, one without
+    for train in trains.values():          # the JSON repeats the benchmark's constants
+        inputs = prompt[train]["inputs"]
+        assert inputs["steps"] == TRAIN_STEPS and inputs["sigma_min"] == TRAIN_SIGMA_MIN and inputs["sigma_max"] == 1
+    (base,) = by_type["DreamRelationLoadSynthRelBase"]
+    samplers = {prompt[n]["inputs"]["model"][0]: prompt[n]["inputs"] for n in by_type["DreamRelationSample"]}
+    assert set(samplers) == {base, *trains.values()}
+    assert samplers[trains[False]]["low_noise_model"] == [base, 0]          # the plain base below the switch
+    assert samplers[trains[False]]["switch_sigma"] == HIGH_NOISE_SIGMA
+    assert "low_noise_model" not in samplers[trains[True]] and "low_noise_model" not in samplers[base]
+    for hybrid, train in trains.items():
+        prompt[train]["inputs"].update(steps=4, lora_name=f"synthrel_workflow_test_{hybrid}")
     for node_id in by_type["DreamRelationSample"]:
         prompt[node_id]["inputs"]["steps"] = 3
     history = server.wait(server.queue(prompt), timeout=600)
@@ -71,5 +81,10 @@ def test_synthrel_demo_workflow_runs_end_to_end(server):
         (image,) = outputs[node_id]["images"]
         assert (server.workdir / "output" / image["subfolder"] / image["filename"]).stat().st_size > 0
     verdicts = [outputs[node_id]["text"][0] for node_id in by_type["DreamRelationSynthRelEvaluate"]]
-    assert len(verdicts) == 2 and all(v.startswith(("PASS", "FAIL")) and "'pushes'" in v for v in verdicts)
-    assert (server.models / "loras" / "synthrel_workflow_test.safetensors").is_file()
+    assert len(verdicts) == 3 and all(v.startswith(("PASS", "FAIL")) and "'pushes'" in v for v in verdicts)
+    for hybrid in (True, False):
+        assert (server.models / "loras" / f"synthrel_workflow_test_{hybrid}.safetensors").is_file()
+    groups = {hybrid: [json.loads(line)["group"] for line in
+                       (server.workdir / "output" / "dreamrelation" / f"synthrel_workflow_test_{hybrid}" / "log.jsonl")
+                       .read_text().splitlines()] for hybrid in (True, False)}
+    assert groups[False] == [None] * 4 and None not in groups[True]      # every role every step, or one group
