@@ -4,12 +4,13 @@ from comfy_api.latest import ComfyExtension, io
 from .exemplars import AddExemplar, LoadExemplarFolder
 from .lora import LoadRelationLoRA
 from .masking import MaskVideo
-from .sampling import RelationSample
+from .sampling import RelationSample, RelationSwitchStep
 from .synthrel import NODES as SYNTHREL_NODES
 from .training import TrainRelationTriplet
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [MaskVideo, AddExemplar, LoadExemplarFolder, TrainRelationTriplet,
-                                          LoadRelationLoRA, RelationSample, *SYNTHREL_NODES]
+                                          LoadRelationLoRA, RelationSample, RelationSwitchStep,
+                                          *SYNTHREL_NODES]
 
 
 class DreamRelationExtension(ComfyExtension):

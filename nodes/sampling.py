@@ -1,5 +1,6 @@
 """Relation Sample: a one-node preview of a relation LoRA (empty latent -> ComfyUI sampler -> VAE decode), optionally
-with the LoRA on the high-noise steps only (a second, LoRA-free model below a σ)."""
+with the LoRA on the high-noise steps only (a second, LoRA-free model below a σ). Relation Switch Step: that switch as
+a step, for two stock KSamplerAdvanced nodes with any sampler."""
 from __future__ import annotations
 
 import torch
@@ -29,6 +30,41 @@ def high_noise_steps(model, scheduler: str, steps: int, switch_sigma: float) -> 
     """How many of the `steps` start at σ ≥ `switch_sigma` on the model's own schedule (those run `model`)."""
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
     return int((sigmas[:-1] >= switch_sigma).sum())
+
+
+class RelationSwitchStep(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamRelationSwitchStep",
+            display_name="Relation Switch Step",
+            category=CATEGORY,
+            description="Where a relation LoRA hands over to the plain model, as a step of the model's own schedule, "
+                        "for two chained KSamplerAdvanced nodes (any sampler): the one with the LoRA ends at "
+                        "switch_step (return_with_leftover_noise enable), the plain one starts there (add_noise "
+                        "disable). Both use this node's steps and scheduler (docs/method.md).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model either sampler runs (the LoRA does not change the "
+                                                "schedule)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                               tooltip="The samplers' scheduler (simple for Wan, linear_quadratic for Mochi)."),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="The samplers' steps."),
+                io.Float.Input("switch_sigma", default=0.75, min=0.0, max=1.0, step=0.01, round=0.001,
+                               tooltip="The LoRA runs on the steps that start at σ ≥ this, the plain model on the "
+                                       "rest. 0.75 on SynthRel; the relation is decided above it."),
+            ],
+            outputs=[io.Int.Output(display_name="switch_step",
+                                   tooltip="end_at_step of the sampler with the LoRA, start_at_step of the plain one."),
+                     io.Int.Output(display_name="steps", tooltip="The steps, to wire into both samplers.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scheduler, steps, switch_sigma):
+        switch = high_noise_steps(model, scheduler, steps, switch_sigma)
+        if switch == 0:         # a stock sampler ending at step 0 returns its latent without adding the noise
+            raise ValueError(f"switch_sigma {switch_sigma} is above every step's σ of the {scheduler} schedule, so "
+                             "the LoRA would run on no step: lower switch_sigma (or sample with the plain model only)")
+        return io.NodeOutput(switch, steps)
 
 
 class RelationSample(io.ComfyNode):

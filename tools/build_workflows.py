@@ -85,26 +85,38 @@ def train_wan():
 
 
 def generate_wan_mixed():
+    advanced = {"noise_seed": 42, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple"}
     nodes = loaders(WAN_MODELS, "wan") + [
         ("style", "LoraLoaderModelOnly", {"lora_name": "your_style_lora.safetensors", "strength_model": 0.8}, (1, 0)),
         ("relation", "DreamRelationLoadLoRA", {"lora_name": "high_five_wan.safetensors", "relation_strength": 1.0,
                                                "ffn_strength": 1.0, "subject_strength": 0.0}, (2, 0)),
         ("positive", "CLIPTextEncode", {"text": "A bear is high-fiving with a raccoon, watercolor style."}, (1, 1)),
         ("negative", "CLIPTextEncode", {"text": ""}, (1, 2)),
+        ("switch", "DreamRelationSwitchStep", {"scheduler": "simple", "steps": 30, "switch_sigma": 0.75}, (2, 1)),
         ("latent", "EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 49, "batch_size": 1}, (2, 2)),
-        ("sampler", "KSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
-                                 "scheduler": "simple", "denoise": 1.0}, (3, 0)),
+        # The relation LoRA (over the style LoRA) to the switch, the style LoRA alone after it, as Wan 2.2's
+        # two-expert templates chain their samplers.
+        ("high", "KSamplerAdvanced", {**advanced, "add_noise": "enable", "start_at_step": 0,
+                                      "return_with_leftover_noise": "enable"}, (3, 0)),
+        ("low", "KSamplerAdvanced", {**advanced, "add_noise": "disable", "end_at_step": 10000,
+                                     "return_with_leftover_noise": "disable"}, (3, 1)),
         ("decode", "VAEDecode", {}, (4, 0)),
         ("video", "CreateVideo", {"fps": 16.0}, (5, 0)),
         ("save", "SaveVideo", {"filename_prefix": "dreamrelation/high_five_mixed", "format": "auto",
                                "codec": "auto"}, (6, 0)),
     ]
     links = [("unet", 0, "style", "model"), ("style", 0, "relation", "model"), ("clip", 0, "positive", "clip"),
-             ("clip", 0, "negative", "clip"), ("relation", 0, "sampler", "model"),
-             ("positive", 0, "sampler", "positive"), ("negative", 0, "sampler", "negative"),
-             ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
+             ("clip", 0, "negative", "clip"), ("relation", 0, "switch", "model"),
+             ("relation", 0, "high", "model"), ("style", 0, "low", "model"),
+             ("switch", 0, "high", "end_at_step"), ("switch", 0, "low", "start_at_step"),
+             ("switch", 1, "high", "steps"), ("switch", 1, "low", "steps"),
+             ("positive", 0, "high", "positive"), ("negative", 0, "high", "negative"),
+             ("positive", 0, "low", "positive"), ("negative", 0, "low", "negative"),
+             ("latent", 0, "high", "latent_image"), ("high", 0, "low", "latent_image"),
+             ("low", 0, "decode", "samples"),
              ("vae", 0, "decode", "vae"), ("decode", 0, "video", "images"), ("video", 0, "save", "video")]
-    return "Generate with a relation LoRA on Wan 2.1, mixed with another LoRA (plain KSampler)", nodes, links
+    return ("Generate with a relation LoRA on Wan 2.1, mixed with another LoRA (stock KSamplerAdvanced, the relation "
+            "LoRA at high noise only)", nodes, links)
 
 
 def mochi_official():
@@ -198,12 +210,16 @@ GUIDES = {
                                                                   "frames2", "mask2", "add2", "preview_masks"]),
          ("4 · Train the relation LoRA, then sample it", ["train", "sample", "video", "save"])]),
     "dreamrelation_generate_wan21_mixed_lora": (
-        "Use a trained relation LoRA like any other: here after a style LoRA, through the stock KSampler. "
-        "Load Relation LoRA applies the relation and FFN parts only (what DreamRelation applies at inference); "
-        "a stock LoraLoaderModelOnly on the same file does exactly the same.",
+        "Use a trained relation LoRA like any other: here after a style LoRA, through stock samplers. Load Relation "
+        "LoRA applies the relation and FFN parts only (what DreamRelation applies at inference); a stock "
+        "LoraLoaderModelOnly on the same file does exactly the same.\nThe relation LoRA runs on the high-noise steps "
+        "only: the first KSamplerAdvanced ends at Relation Switch Step's switch_step (σ 0.75), and the second "
+        "finishes with the style LoRA alone, which keeps out most of the exemplars' looks (README). Any sampler "
+        "works; for the relation LoRA on every step, wire the second sampler's model to Load Relation LoRA.",
         [("1 · Models", ["unet", "clip", "vae"]), ("2 · Your LoRA, then the relation LoRA", ["style", "relation"]),
-         ("3 · Prompt and size", ["positive", "negative", "latent"]),
-         ("4 · Sample and save", ["sampler", "decode", "video", "save"])]),
+         ("3 · Prompt, size and switch step", ["positive", "negative", "switch", "latent"]),
+         ("4 · The relation LoRA at high noise, then without it", ["high", "low"]),
+         ("5 · Decode and save", ["decode", "video", "save"])]),
     "dreamrelation_mochi_official_checkpoint": (
         "Mochi 1 with an official DreamRelation checkpoint (model_N.lora.pt in models/loras), converted on the "
         "fly: put the Mochi files in models/ and any prompt with new subjects.",
@@ -265,10 +281,9 @@ def build(title, nodes, links, info, note: str | None = None, groups=()) -> dict
             kind = "COMBO" if isinstance(input_spec[0], list) else input_spec[0]
             options = input_spec[1] if len(input_spec) > 1 else {}
             if _is_widget(input_spec):
-                if (name, input_name) in linked:
+                if (name, input_name) in linked:     # a linked widget keeps its slot in widgets_values, which the
                     inputs.append({"name": input_name, "type": kind, "link": None, "widget": {"name": input_name}})
-                    continue
-                widgets.append(values.get(input_name, widget_default(input_spec)))
+                widgets.append(values.get(input_name, widget_default(input_spec)))    # frontend reads by position
                 multiline += kind == "STRING" and bool(options.get("multiline"))
                 if has_control_widget(input_name, input_spec):
                     widgets.append("fixed")          # reproducible: a resumed run must see the same seed

@@ -32,7 +32,7 @@ def test_extension_lists_every_node(pack):
     ext = asyncio.run(pack["nodes"].DreamRelationExtension().get_node_list())
     ids = {n.define_schema().node_id for n in ext}
     assert ids == {"DreamRelationMaskVideo", "DreamRelationAddExemplar", "DreamRelationLoadExemplarFolder",
-                   "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample",
+                   "DreamRelationTrain", "DreamRelationLoadLoRA", "DreamRelationSample", "DreamRelationSwitchStep",
                    "DreamRelationLoadSynthRelBase", "DreamRelationSynthRelExemplars", "DreamRelationSynthRelEvaluate"}
     for node in ext:
         schema = node.define_schema()

@@ -117,8 +117,11 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
 
     sample = nodes.RelationSample.execute
     gated = sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.6, model).result[0]
-    switch = nodes.sampling.high_noise_steps(trained, "simple", 4, 0.6)
-    assert switch == 2                                        # σ 1, 0.75 | 0.5, 0.25
+    # Relation Switch Step gives that step (and the steps) for the stock chain
+    switch, steps = nodes.RelationSwitchStep.execute(trained, "simple", 4, 0.6).result
+    assert (switch, steps) == (2, 4)                          # σ 1, 0.75 | 0.5, 0.25
+    with pytest.raises(ValueError, match="switch_sigma 1.01 is above every step's σ of the simple schedule"):
+        nodes.RelationSwitchStep.execute(trained, "simple", 4, 1.01)
     advanced = importlib.import_module("nodes").KSamplerAdvanced()
     latent = {"samples": nodes.sampling.empty_latent(model, SYNTHREL, frames, height, width)}
     (first,) = advanced.sample(trained, "enable", 0, 4, 4.0, "euler", "simple", positive, negative, latent, 0,

@@ -1,8 +1,9 @@
 """UI-format workflow (what the frontend saves) -> API-format prompt (what POST /prompt runs), via /object_info.
 
 Widgets map positionally onto the widget inputs in `input_order`; INT inputs with `control_after_generate` or
-named seed / noise_seed carry one extra value; inputs fed by a link take no widget value. This is a fast server-side
-check; tests/browser checks the same workflows through the real frontend.
+named seed / noise_seed carry one extra value; a widget input fed by a link keeps its value slot (the frontend saves
+one for it, tests/browser), and the link wins. This is a fast server-side check; tests/browser checks the same
+workflows through the real frontend.
 """
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ def to_api(workflow: dict, info: dict) -> dict:
             input_spec = all_inputs[name]
             is_widget = isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES
             options = input_spec[1] if len(input_spec) > 1 else {}
-            if name in linked:
-                link = linked[name]
-                inputs[name] = [str(link[1]), link[2]]
-            elif is_widget:
+            if is_widget:
                 # Widgets added to a node after the workflow was saved keep their defaults (as in the frontend).
                 inputs[name] = next(values, options.get("default"))
                 if input_spec[0] == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
                     next(values, None)
+            if name in linked:
+                link = linked[name]
+                inputs[name] = [str(link[1]), link[2]]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
