@@ -79,6 +79,7 @@ class SampleConfig:
     frames: int | None = None
     height: int | None = None
     width: int | None = None
+    lora_sigma_min: float | None = None     # the LoRA on σ ≥ this only, the base below (docs/method.md)
 
 
 @dataclass
@@ -189,6 +190,9 @@ def _check_ranges(config: "RunConfig") -> None:
                                                                        for w in weights) or not sum(weights) > 0):
         raise ValueError("config key train.group_weights: expected 3 weights ≥ 0 (relation, subject1, subject2) "
                          f"with a positive sum, got {weights!r}")
+    if config.sample.lora_sigma_min is not None and not 0 <= config.sample.lora_sigma_min <= 1:
+        raise ValueError(f"config key sample.lora_sigma_min: expected a σ in [0, 1] or null, got "
+                         f"{config.sample.lora_sigma_min}")
     if not 0 <= t.caption_dropout <= 1:
         raise ValueError(f"config key train.caption_dropout: expected a probability in [0, 1], got {t.caption_dropout}")
 

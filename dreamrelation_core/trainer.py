@@ -172,14 +172,17 @@ class PeftBackend:
             info = {**info, "base_hash": file_digest(self.name)}
         return lora_from_model(self.transformer, self.arch, alphas, ROLES, info)
 
-    def preview(self, prompts, path_of, frames, height, width, steps, cfg, seed) -> list[Path]:
-        """Sample `prompts` with the inference set (relation + ffn); `path_of(k)` names the k-th video."""
+    def preview(self, prompts, path_of, frames, height, width, steps, cfg, seed,
+                lora_sigma_min=None) -> list[Path]:
+        """Sample `prompts` with the inference set (relation + ffn), on the steps with σ ≥ `lora_sigma_min` only if
+        given; `path_of(k)` names the k-th video."""
         from .sampling import generate, to_uint8_frames
         from .videoio import write_video
 
         activate(self.transformer, INFERENCE_ROLES)
         return [write_video(path_of(k), to_uint8_frames(generate(self.base, prompt, frames, height, width, steps, cfg,
-                                                                 seed, progress=False)), self.arch.fps)
+                                                                 seed, progress=False, lora_sigma_min=lora_sigma_min)),
+                            self.arch.fps)
                 for k, prompt in enumerate(prompts)]
 
 
@@ -490,7 +493,7 @@ class RelationTrainer:
             return []
         return self.backend.preview(s.prompts, lambda k: self.out / "samples" / f"{tag}_{k}.mp4",
                                     s.frames or d.frames, s.height or d.height, s.width or d.width, s.steps, s.cfg,
-                                    s.seed)
+                                    s.seed, s.lora_sigma_min)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

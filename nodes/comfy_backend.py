@@ -147,19 +147,20 @@ class ComfyBackend:
     def lora(self, alphas: dict, info: dict):
         return self.triplet.to_relation_lora(info)
 
-    def preview(self, prompts, path_of, frames, height, width, steps, cfg, seed) -> list:
-        """Sample `prompts` (registered in `preview_conds`) with the inference set, as the trainer's preview."""
+    def preview(self, prompts, path_of, frames, height, width, steps, cfg, seed, lora_sigma_min=None) -> list:
+        """Sample `prompts` (registered in `preview_conds`) with the inference set, as the trainer's preview; with
+        `lora_sigma_min`, on the steps that start at σ ≥ it only (the model alone below)."""
         latent = self._latent_shape
         steps = steps or self.arch.sample_steps
         cfg = self.arch.sample_cfg if cfg is None else cfg
         sigmas = sampling_schedule(self.arch, steps)
-        self.triplet.activate(INFERENCE_ROLES)
         paths = []
         for k, prompt in enumerate(prompts):
             index = self.preview_conds[prompt]
             noise = torch.randn(latent, generator=torch.Generator().manual_seed(seed)).to(self.device)
 
             def velocity(z, s, index=index):
+                self.triplet.activate(INFERENCE_ROLES if lora_sigma_min is None or s >= lora_sigma_min else ())
                 sigma = torch.full((1,), s, device=self.device)
                 v_text = self._velocity(z, sigma, index)
                 if cfg == 1.0:

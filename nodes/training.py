@@ -121,6 +121,11 @@ class TrainRelationTriplet(io.ComfyNode):
                                          "step, no mask weighting; on Wan-shaped models it carried the relation "
                                          "over without the exemplars' looks more often (docs/method.md), and "
                                          "the exemplars need no masks."),
+                # Last, so that workflows saved before it keep their widget values (read by position).
+                io.Float.Input("preview_switch_sigma", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001,
+                               optional=True,
+                               tooltip="Previews with the LoRA on the steps at σ ≥ this only and the model alone "
+                                       "below, as Relation Sample with low_noise_model samples (0: every step)."),
             ],
             hidden=[io.Hidden.unique_id],
             outputs=[
@@ -136,7 +141,7 @@ class TrainRelationTriplet(io.ComfyNode):
     def execute(cls, model, clip, vae, exemplars, lora_name, steps, learning_rate, rank, alpha, width, height,
                 length, mask_weight, rcl_weight, seed, checkpoint_every, resume, gradient_checkpointing=True,
                 preview_every=0, preview_prompt="", preview_steps=30, sigma_min=0.0, sigma_max=1.0,
-                placement="default", hybrid_masks=True):
+                placement="default", hybrid_masks=True, preview_switch_sigma=0.0):
         if not exemplars:
             raise ValueError("exemplars: the exemplar set is empty")
         names = [ex["name"] for ex in exemplars]
@@ -160,7 +165,8 @@ class TrainRelationTriplet(io.ComfyNode):
                            data=DataConfig(frames=length, height=height, width=width),
                            sample=SampleConfig(every=preview_every if preview_prompt.strip() else 0,
                                                prompts=[preview_prompt.strip()] if preview_prompt.strip() else [],
-                                               steps=preview_steps, seed=seed))
+                                               steps=preview_steps, seed=seed,
+                                               lora_sigma_min=preview_switch_sigma or None))
         out = run_directory(lora_name)
         settings = _run_settings(config, exemplars)
         resuming = resume and (out / "checkpoints").is_dir()

@@ -332,6 +332,7 @@ def test_masks_of_another_aspect_ratio_are_refused():
     ({"train": {"sigma_min": 0.8, "sigma_max": 0.2}}, "expected 0 ≤ sigma_min < sigma_max ≤ 1"),
     ({"device": "gpu"}, "config key device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ({"train": {"max_grad_norm": -1}}, "train.max_grad_norm: must be greater than 0"),
+    ({"sample": {"lora_sigma_min": 1.5}}, r"sample.lora_sigma_min: expected a σ in \[0, 1\] or null, got 1.5"),
 ])
 def test_config_values_are_checked_where_built(values, message):
     with pytest.raises(ValueError, match=message):

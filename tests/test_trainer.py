@@ -324,3 +324,30 @@ def test_block_swap_streams_fp8_weights(exemplars, tmp_path):
     assert both.backend.block_swap.host[0]["attn1.to_q.base_layer.weight"].dtype == torch.float8_e4m3fn
     for _ in range(2):
         assert both.train_step()["loss"] == pytest.approx(fp8.train_step()["loss"], rel=1e-6)
+
+
+def test_previews_take_the_high_noise_switch_from_the_config(exemplars, tmp_path):
+    """sample.lora_sigma_min reaches the preview: it renders what generate() renders with the inference set at high
+    noise only, not what the LoRA on every step renders."""
+    import numpy as np
+
+    from dreamrelation_core.sampling import generate, to_uint8_frames
+    from dreamrelation_core.triplet import INFERENCE_ROLES, activate
+    from dreamrelation_core.videoio import read_video, write_video
+
+    trainer = make_trainer("wan", exemplars["wan"], tmp_path, steps=2)
+    with torch.no_grad():          # a LoRA far from zero, so that where it runs shows in 8-bit frames
+        for k, param in enumerate(trainer.params.values()):
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(k)) * 0.3)
+    sample, data = trainer.config.sample, trainer.config.data
+    sample.prompts, sample.steps, sample.cfg = ["a red circle approaches a blue square"], 4, 3.0
+    sample.lora_sigma_min = 0.6
+    (gated,) = trainer.preview("gated")
+    sample.lora_sigma_min = None
+    (every,) = trainer.preview("every")
+    activate(trainer.backend.transformer, INFERENCE_ROLES)
+    expected = to_uint8_frames(generate(trainer.backend.base, sample.prompts[0], data.frames, data.height, data.width,
+                                        4, 3.0, sample.seed, progress=False, lora_sigma_min=0.6))
+    expected = write_video(tmp_path / "expected.mp4", expected, trainer.backend.arch.fps)
+    frames = {name: read_video(path)[0] for name, path in (("gated", gated), ("every", every), ("expected", expected))}
+    assert np.array_equal(frames["gated"], frames["expected"]) and not np.array_equal(frames["gated"], frames["every"])

@@ -65,7 +65,7 @@ def train_wan():
                                          "checkpoint_every": 200, "resume": True, "gradient_checkpointing": True,
                                          "preview_every": 200,
                                          "preview_prompt": "A bear is high-fiving with a raccoon.",
-                                         "preview_steps": 30},
+                                         "preview_steps": 30, "preview_switch_sigma": 0.75},
          (4, 1)),
         ("positive", "CLIPTextEncode", {"text": "A bear is high-fiving with a raccoon in a serene forest "
                                                 "clearing."}, (1, 0)),
@@ -203,7 +203,8 @@ GUIDES = {
         "per video, chained through Add Exemplar; the preview shows the masks.\n3. Run. Train writes "
         "models/loras/<lora_name>.safetensors; Cancel keeps a checkpoint and the next Run resumes it.\n"
         "Relation Sample applies the LoRA above switch_sigma only and the plain model (low_noise_model) below it: "
-        "fewer of the exemplars' looks. Disconnect it to apply the LoRA on every step.\n"
+        "fewer of the exemplars' looks; Train's previews do the same (preview_switch_sigma). Disconnect it (and set "
+        "preview_switch_sigma to 0) to apply the LoRA on every step.\n"
         "The relation LoRA then works with any LoRA loader and prompt.",
         [("1 · Models", ["unet", "clip", "vae"]), ("2 · Prompt with new subjects", ["positive", "negative"]),
          ("3 · Exemplars: one row per video, a box per subject", ["video1", "frames1", "mask1", "add1", "video2",

@@ -340,6 +340,38 @@ def test_train_node_renders_previews_with_the_relation_lora(pack, comfy):
     assert frames.shape == (9, 32, 32, 3)
 
 
+def test_train_node_previews_with_the_lora_at_high_noise_only(pack, comfy, monkeypatch):
+    """preview_switch_sigma: the preview's steps at σ ≥ it run the relation and FFN LoRAs, the later steps the model
+    alone (as Relation Sample with low_noise_model); 0 keeps the LoRA on every step."""
+    from dreamrelation_core.archs import INFERENCE_ROLES
+
+    nodes = pack["nodes"]
+    backend = nodes.comfy_backend.ComfyBackend
+    velocity, calls = backend._velocity, []
+
+    def recorded(self, latents, sigma, index):
+        if not torch.is_grad_enabled():                 # the preview's calls, not the training steps'
+            calls.append((round(float(sigma.flatten()[0]), 4), frozenset(self.triplet.active)))
+        return velocity(self, latents, sigma, index)
+
+    monkeypatch.setattr(backend, "_velocity", recorded)
+    previews = {}
+    for switch in (0.0, 0.6):
+        calls.clear()
+        name = f"switch_{switch}".replace(".", "_")
+        nodes.TrainRelationTriplet.execute(native_model(comfy, "wan"), FakeClip(), FakeVae(), toy_exemplars(nodes),
+                                           name, 4, 5e-2, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False, False, 4,
+                                           "a yellow triangle approaches a purple diamond", 4,
+                                           preview_switch_sigma=switch)
+        samples = pack["root"] / "output" / "dreamrelation" / name / "samples"
+        previews[switch] = list(calls), (samples / "step_000004_0.mp4").read_bytes()
+    inference, sigmas = frozenset(INFERENCE_ROLES), (1.0, 0.9, 0.75, 0.5)      # Wan's schedule for 4 steps
+    # two calls a step (the prompt, then the unconditional text for CFG)
+    assert previews[0.6][0] == [(s, inference if s >= 0.6 else frozenset()) for s in sigmas for _ in range(2)]
+    assert previews[0.0][0] == [(s, inference) for s in sigmas for _ in range(2)]
+    assert previews[0.6][1] != previews[0.0][1]
+
+
 def test_train_node_on_native_mochi_with_fused_qkv(pack, comfy):
     """Mochi through the whole node: joint attention, text mask, fused q/k/v weight wrappers, fused export."""
     nodes = pack["nodes"]
