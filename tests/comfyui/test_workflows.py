@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from .workflow_api import static_errors, to_api
+from .workflow_api import WIDGET_TYPES, static_errors, to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 
@@ -88,3 +88,34 @@ def test_synthrel_demo_workflow_runs_end_to_end(server):
                        (server.workdir / "output" / "dreamrelation" / f"synthrel_workflow_test_{hybrid}" / "log.jsonl")
                        .read_text().splitlines()] for hybrid in (True, False)}
     assert groups[False] == [None] * 4 and None not in groups[True]      # every role every step, or one group
+
+
+# A workflow saves widget values by position (docs/comfyui.md), so a node's widgets may only ever be appended to: a
+# widget inserted before others would shift every value of the workflows users saved before it. New widgets go at
+# the end of a node's inputs, and new nodes are recorded here.
+SAVED_WIDGET_ORDER = {
+    "DreamRelationMaskVideo": ["mask_folder", "subject1_box", "subject2_box", "refine_boxes"],
+    "DreamRelationAddExemplar": ["caption"],
+    "DreamRelationLoadExemplarFolder": ["folder", "max_frames", "caption", "fps"],
+    "DreamRelationTrain": ["lora_name", "steps", "learning_rate", "rank", "alpha", "width", "height", "length",
+                           "mask_weight", "rcl_weight", "seed", "checkpoint_every", "resume", "gradient_checkpointing",
+                           "preview_every", "preview_prompt", "preview_steps", "sigma_min", "sigma_max", "placement",
+                           "hybrid_masks", "preview_switch_sigma"],
+    "DreamRelationLoadLoRA": ["lora_name", "relation_strength", "ffn_strength", "subject_strength"],
+    "DreamRelationSample": ["width", "height", "length", "steps", "cfg", "seed", "switch_sigma"],
+    "DreamRelationSwitchStep": ["scheduler", "steps", "switch_sigma"],
+    "DreamRelationLoadSynthRelBase": [],
+    "DreamRelationSynthRelExemplars": ["relation", "count", "seed"],
+    "DreamRelationSynthRelEvaluate": ["prompt"],
+}
+
+
+def test_widgets_are_only_ever_appended(server):
+    info = server.get("/object_info")
+    assert {name for name in info if name.startswith("DreamRelation")} == set(SAVED_WIDGET_ORDER)
+    for name, saved in SAVED_WIDGET_ORDER.items():
+        spec = info[name]
+        inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        order = spec["input_order"].get("required", []) + spec["input_order"].get("optional", [])
+        widgets = [n for n in order if isinstance(inputs[n][0], list) or inputs[n][0] in WIDGET_TYPES]
+        assert widgets[:len(saved)] == saved, f"{name}: widgets {widgets}, saved workflows expect {saved} first"
