@@ -65,7 +65,8 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
         "no_hmt_vs_dreamrelation_without_leak", "no_hmt_vs_dreamrelation_leakage",
         "direct_lora_high_noise_vs_direct_lora_leakage", "direct_lora_high_noise_vs_direct_lora",
         "dreamrelation_high_noise_vs_direct_lora_high_noise",
-        "dreamrelation_high_noise_vs_direct_lora_high_noise_without_leak"}
+        "dreamrelation_high_noise_vs_direct_lora_high_noise_without_leak",
+        "no_hmt_high_noise_vs_direct_lora_high_noise_without_leak"}
     clips = {m: result["methods"][m]["per_relation"]["pushes"]["clips"] for m in ("no_hmt", "dreamrelation")}
     assert result["comparisons"]["no_hmt_vs_dreamrelation_leakage"]["difference"] == (
         sum(c["leaked"] for c in clips["no_hmt"]) - sum(c["leaked"] for c in clips["dreamrelation"])) / 2

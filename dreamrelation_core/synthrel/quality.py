@@ -65,7 +65,8 @@ COMPARISONS = (("dreamrelation", "direct_lora", "relation"), ("dreamrelation", "
                ("no_hmt", "dreamrelation", "relation_without_leak"), ("no_hmt", "dreamrelation", "leaked"),
                ("direct_lora_high_noise", "direct_lora", "leaked"), ("direct_lora_high_noise", "direct_lora", "relation"),
                ("dreamrelation_high_noise", "direct_lora_high_noise", "relation"),
-               ("dreamrelation_high_noise", "direct_lora_high_noise", "relation_without_leak"))
+               ("dreamrelation_high_noise", "direct_lora_high_noise", "relation_without_leak"),
+               ("no_hmt_high_noise", "direct_lora_high_noise", "relation_without_leak"))   # both recommendations
 OUTCOME_NAMES = {"relation": ("", ""), "relation_without_leak": ("_without_leak", ", relation without a leak"),
                  "leaked": ("_leakage", ", leakage")}      # outcome: (suffix of its JSON key, of its table label)
 
