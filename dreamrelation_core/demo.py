@@ -66,18 +66,18 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     prompt = caption(relation, *subjects)
     steps = recipe.TRAIN_STEPS if steps is None else steps
     models, loras = {"base": (build_synthrel_base(protocol.weights), (), None)}, {}
+    trained = {}            # quality.training_key -> the base with those trained LoRAs
     for method in COLUMNS[2:]:
         overrides, roles = quality.METHODS[method]
-        trained_as = method.removesuffix("_high_noise")
-        if trained_as == method:
+        key = quality.training_key(overrides)
+        if key not in trained:
             folder = out if method == "dreamrelation" else out / method
             config = recipe.run_config(folder, exemplars, steps, overrides, 0, protocol)
             trainer = RelationTrainer.from_config(config, base=build_synthrel_base(protocol.weights),
                                                   progress=progress, overwrite=True)
             loras[method] = trainer.train()
-            models[method] = (trainer.backend.base, roles, None)
-        else:       # the row's trained LoRAs again, on the high-noise steps only
-            models[method] = (models[trained_as][0], roles, overrides["lora_sigma_min"])
+            trained[key] = trainer.backend.base
+        models[method] = (trained[key], roles, overrides.get("lora_sigma_min"))
 
     metrics = {"relation": relation, "prompt": prompt, "seeds": list(seeds), "protocol": protocol.name}
     cells = {name: [] for name in COLUMNS}

@@ -64,6 +64,12 @@ def expert_for(transformer, sigma_range, companion):
     return lambda sigma: transformer if (low <= sigma if high >= 1.0 else sigma < high) else companion
 
 
+def lora_runs_at(sigma: float, lora_sigma_min: float | None) -> bool:
+    """Whether a step that starts at `sigma` runs the LoRA under a high-noise switch at `lora_sigma_min` (None: every
+    step)."""
+    return lora_sigma_min is None or sigma >= lora_sigma_min
+
+
 def lora_switch(transformer, lora_sigma_min: float | None):
     """A function of σ that runs `transformer`'s LoRA layers on steps with σ ≥ `lora_sigma_min` and the base alone
     below (docs/method.md, "The relation LoRA at high noise only"); a no-op for None. The LoRAs must be unmerged
@@ -81,7 +87,7 @@ def lora_switch(transformer, lora_sigma_min: float | None):
     state = {"on": not layers[0].disable_adapters}
 
     def switch(sigma: float) -> None:
-        on = sigma >= lora_sigma_min
+        on = lora_runs_at(sigma, lora_sigma_min)
         if on != state["on"]:
             for layer in layers:
                 layer.enable_adapters(on)

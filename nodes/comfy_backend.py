@@ -19,7 +19,7 @@ import comfy.samplers
 from ..dreamrelation_core.archs import INFERENCE_ROLES, MODEL_FAMILIES, get_architecture
 from ..dreamrelation_core.flow import sampling_schedule
 from ..dreamrelation_core.native import NativeTriplet, native_targets
-from ..dreamrelation_core.sampling import euler, to_uint8_frames
+from ..dreamrelation_core.sampling import euler, lora_runs_at, to_uint8_frames
 from ..dreamrelation_core.videoio import write_video
 
 NATIVE_ARCHITECTURES = tuple((getattr(comfy.model_base, a.comfy_model_class), a) for a in MODEL_FAMILIES.values())
@@ -160,7 +160,7 @@ class ComfyBackend:
             noise = torch.randn(latent, generator=torch.Generator().manual_seed(seed)).to(self.device)
 
             def velocity(z, s, index=index):
-                self.triplet.activate(INFERENCE_ROLES if lora_sigma_min is None or s >= lora_sigma_min else ())
+                self.triplet.activate(INFERENCE_ROLES if lora_runs_at(s, lora_sigma_min) else ())
                 sigma = torch.full((1,), s, device=self.device)
                 v_text = self._velocity(z, sigma, index)
                 if cfg == 1.0:

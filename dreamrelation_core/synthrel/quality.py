@@ -42,6 +42,13 @@ METHODS |= {f"{m}_high_noise": ({**METHODS[m][0], "lora_sigma_min": HIGH_NOISE_S
             for m in ("dreamrelation", "direct_lora", "no_hmt")}
 METHODS["base"] = (None, ())
 INFERENCE_ONLY = ("lora_sigma_min",)     # overrides that change sampling, not training: they share a training run
+
+
+def training_key(overrides: dict) -> str:
+    """Methods with the same key share one training run: their overrides differ in INFERENCE_ONLY ones at most."""
+    return json.dumps({k: v for k, v in overrides.items() if k not in INFERENCE_ONLY}, sort_keys=True)
+
+
 # The study of why hybrid mask training keeps the relation out (`bench quality --study`, docs/benchmarks.md): each
 # variant changes one thing from DreamRelation's row. A step trains one group, so at the benchmark's steps the
 # relation group gets a third of direct LoRA's updates; the mask weight sets how much of each step goes to the
@@ -161,7 +168,7 @@ def benchmark(relations=HELD_OUT, methods=tuple(METHODS), exemplars: int = 8, st
                 if overrides is None:
                     base, train_seconds = build_synthrel_base(protocol.weights), 0.0
                 else:
-                    key = json.dumps({k: v for k, v in overrides.items() if k not in INFERENCE_ONLY}, sort_keys=True)
+                    key = training_key(overrides)
                     if key not in trained:
                         start = time.time()
                         config = run_config(folder / method, exemplar_folder, steps, overrides, 0, protocol)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from .workflow_api import WIDGET_TYPES, static_errors, to_api
+from .workflow_api import is_widget, static_errors, to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 
@@ -117,5 +117,5 @@ def test_widgets_are_only_ever_appended(server):
         spec = info[name]
         inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
         order = spec["input_order"].get("required", []) + spec["input_order"].get("optional", [])
-        widgets = [n for n in order if isinstance(inputs[n][0], list) or inputs[n][0] in WIDGET_TYPES]
+        widgets = [n for n in order if is_widget(inputs[n])]
         assert widgets[:len(saved)] == saved, f"{name}: widgets {widgets}, saved workflows expect {saved} first"

@@ -11,6 +11,11 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}           # graph-to-prompt leaves them out
 
 
+def is_widget(input_spec) -> bool:
+    """An input the frontend shows as a widget (a value saved in `widgets_values`), not only as a socket."""
+    return isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES
+
+
 def to_api(workflow: dict, info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
@@ -24,9 +29,8 @@ def to_api(workflow: dict, info: dict) -> dict:
         inputs = {}
         for name in spec["input_order"].get("required", []) + spec["input_order"].get("optional", []):
             input_spec = all_inputs[name]
-            is_widget = isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES
             options = input_spec[1] if len(input_spec) > 1 else {}
-            if is_widget:
+            if is_widget(input_spec):
                 # Widgets added to a node after the workflow was saved keep their defaults (as in the frontend).
                 inputs[name] = next(values, options.get("default"))
                 if input_spec[0] == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
