@@ -5,7 +5,6 @@ three LoRAs applied at high noise only (docs/method.md recommends that too), eac
 verdict; the metrics; and the relation LoRAs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -48,6 +47,7 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     pair with every seed, judge each clip. Returns the written paths."""
     from tqdm.auto import tqdm
 
+    from .files import atomic_write_json
     from .synthrel import quality, recipe
     from .synthrel.base import build_synthrel_base
     from .synthrel.evaluate import evaluate_video
@@ -108,7 +108,7 @@ def run_demo(out: Path, steps: int | None = None, progress: bool = True, relatio
     grid = np.concatenate([np.concatenate([cells[name][row] for name in COLUMNS], axis=2)
                            for row in range(len(seeds))], axis=1)
     video = write_video(out / "demo_grid.gif", grid, fps=4)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out / "metrics.json", metrics)
     if progress:
         print(f"prompt: {prompt!r}, seeds {list(seeds)}")
         for name in models:

@@ -33,7 +33,7 @@ from .checkpoints import (checkpoint_step, checkpoints, differing_settings, item
 from .config import RunConfig, config_to_dict
 from .data import TrainingItem, prepare_training_set
 from .flow import check_sigma_range, noisy_latents, train_sigmas, velocity_target
-from .files import atomic_write_many
+from .files import atomic_write_many, atomic_write_text
 from .formats import RelationLora, file_digest, save_lora_pair
 from .losses import RelationalContrastiveBank, as_random_state, frame_features, hybrid_mask_loss
 from .masks import draw_group, group_mask
@@ -569,7 +569,7 @@ class RelationTrainer:
         log = self.out / "log.jsonl"
         if log.exists():
             lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]
-            log.write_text("".join(l + "\n" for l in lines))
+            atomic_write_text(log, "".join(l + "\n" for l in lines))
 
 
 class TrainingInterrupted(KeyboardInterrupt):

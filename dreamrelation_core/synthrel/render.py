@@ -21,6 +21,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from ..files import atomic_write_text
+
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 230), "yellow": (235, 215, 40),
           "purple": (160, 60, 210), "cyan": (40, 210, 220)}
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -291,7 +293,7 @@ def write_exemplars(folder, relation: str, count: int, pairs, frames: int = 17, 
             _write_png_frames(folder / name, video)
         else:
             write_video(folder / f"{name}.mp4", video, fps=16)
-        (folder / f"{name}.txt").write_text(text + "\n")
+        atomic_write_text(folder / f"{name}.txt", text + "\n")
         coded = np.zeros((frames, *size, 3), np.uint8)
         coded[masks[:, 1] > 0] = MASK_COLORS[1]
         coded[masks[:, 0] > 0] = MASK_COLORS[0]
