@@ -93,11 +93,13 @@ class RelationSample(io.ComfyNode):
                              tooltip="Noise seed."),
                 io.Float.Input("switch_sigma", default=0.75, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
                                tooltip="With low_noise_model connected: the noise level σ below which it denoises "
-                                       "instead of model. 0.75 on SynthRel; the relation is decided above it."),
+                                       "instead of model. 0.75 on SynthRel, where the relation is decided above "
+                                       "it; 0.875 with Wan 2.2 A14B's two experts (their boundary)."),
                 io.Model.Input("low_noise_model", optional=True,
                                tooltip="Optional: the same model without the relation LoRA (wire the model from "
-                                       "before Load Relation LoRA). It denoises the steps below switch_sigma, so "
-                                       "the LoRA sets the motion and the model alone draws the looks: fewer of the "
+                                       "before Load Relation LoRA), or Wan 2.2 A14B's low-noise expert when model "
+                                       "is the high-noise one. It denoises the steps below switch_sigma, so the "
+                                       "LoRA sets the motion and the model alone draws the looks: fewer of the "
                                        "exemplars' looks (docs/method.md)."),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="The decoded frames of the video.")],

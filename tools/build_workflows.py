@@ -25,6 +25,11 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 WAN_MODELS = {"unet": "wan2.1_t2v_1.3B_fp16.safetensors", "clip": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
               "vae": "wan_2.1_vae.safetensors"}
+# Wan 2.2 A14B, as ComfyUI's own Wan 2.2 text-to-video template names its files: two experts, Wan 2.1's VAE.
+WAN22_MODELS = {"high": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                "low": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                "clip": WAN_MODELS["clip"], "vae": WAN_MODELS["vae"]}
+WAN22_BOUNDARY = 0.875      # the σ where A14B's text-to-video pipeline hands over to the low-noise expert
 MOCHI_MODELS = {"unet": "mochi_preview_bf16.safetensors", "clip": "t5xxl_fp16.safetensors",
                 "vae": "mochi_vae.safetensors"}
 
@@ -82,6 +87,50 @@ def train_wan():
               ("negative", 0, "sample", "negative"), ("vae", 0, "sample", "vae"), ("unet", 0, "sample", "low_noise_model"),
               ("sample", 0, "video", "images"), ("video", 0, "save", "video")]
     return "Train a relation (high-five) from exemplar videos on Wan 2.1 1.3B", nodes, links
+
+
+def train_wan22():
+    caption = "A person is high-fiving with a person."
+    nodes = [("unet_high", "UNETLoader", {"unet_name": WAN22_MODELS["high"], "weight_dtype": "default"}, (0, 0)),
+             ("unet_low", "UNETLoader", {"unet_name": WAN22_MODELS["low"], "weight_dtype": "default"}, (0, 1)),
+             ("clip", "CLIPLoader", {"clip_name": WAN22_MODELS["clip"], "type": "wan", "device": "default"}, (2, 0)),
+             ("vae", "VAELoader", {"vae_name": WAN22_MODELS["vae"]}, (2, 1)),
+             # The shift of ComfyUI's Wan 2.2 template, on both experts.
+             ("shift_high", "ModelSamplingSD3", {"shift": 8.0}, (1, 0)),
+             ("shift_low", "ModelSamplingSD3", {"shift": 8.0}, (1, 1))]
+    links, previous = [], None
+    for k in (1, 2):
+        n, l = exemplar_branch(k, 0, 2 + k, caption, previous)
+        nodes, links, previous = nodes + n, links + l, f"add{k}"
+    nodes += [
+        ("preview_masks", "PreviewImage", {}, (3, 5)),
+        ("positive", "CLIPTextEncode", {"text": "A bear is high-fiving with a raccoon in a serene forest "
+                                                "clearing."}, (3, 0)),
+        ("negative", "CLIPTextEncode", {"text": ""}, (3, 1)),
+        # The high-noise expert alone, on its own noise levels: where the motion, and so the relation, is decided.
+        ("train", "DreamRelationTrain", {"lora_name": "high_five_wan22_high_noise", "steps": 2400,
+                                         "learning_rate": 2e-4, "rank": 16, "alpha": 16.0, "width": 832,
+                                         "height": 480, "length": 49, "mask_weight": 50.0, "rcl_weight": 0.01,
+                                         "seed": 0, "checkpoint_every": 200, "resume": True,
+                                         "gradient_checkpointing": True, "preview_every": 200,
+                                         "preview_prompt": "A bear is high-fiving with a raccoon.",
+                                         "preview_steps": 20, "sigma_min": WAN22_BOUNDARY, "sigma_max": 1.0,
+                                         "preview_switch_sigma": WAN22_BOUNDARY}, (4, 1)),
+        # Each expert on its own steps, as the template's two KSamplerAdvanced: the LoRA rides the high-noise one.
+        ("sample", "DreamRelationSample", {"width": 832, "height": 480, "length": 49, "steps": 20, "cfg": 3.5,
+                                           "seed": 42, "switch_sigma": WAN22_BOUNDARY}, (5, 1)),
+        ("video", "CreateVideo", {"fps": 16.0}, (6, 1)),
+        ("save", "SaveVideo", {"filename_prefix": "dreamrelation/high_five_wan22", "format": "auto",
+                               "codec": "auto"}, (7, 1)),
+    ]
+    links += [("unet_high", 0, "shift_high", "model"), ("unet_low", 0, "shift_low", "model"),
+              ("mask1", 2, "preview_masks", "images"), ("shift_high", 0, "train", "model"),
+              ("clip", 0, "train", "clip"), ("vae", 0, "train", "vae"), ("add2", 0, "train", "exemplars"),
+              ("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"), ("train", 0, "sample", "model"),
+              ("positive", 0, "sample", "positive"), ("negative", 0, "sample", "negative"),
+              ("vae", 0, "sample", "vae"), ("shift_low", 0, "sample", "low_noise_model"),
+              ("sample", 0, "video", "images"), ("video", 0, "save", "video")]
+    return "Train a relation (high-five) on Wan 2.2 A14B's high-noise expert, then sample with both experts", nodes, links
 
 
 def generate_wan_mixed():
@@ -210,6 +259,22 @@ GUIDES = {
          ("3 · Exemplars: one row per video, a box per subject", ["video1", "frames1", "mask1", "add1", "video2",
                                                                   "frames2", "mask2", "add2", "preview_masks"]),
          ("4 · Train the relation LoRA, then sample it", ["train", "sample", "video", "save"])]),
+    "dreamrelation_train_relation_wan22_a14b": (
+        "Wan 2.2 A14B is two experts: the high-noise one lays out the motion, the low-noise one draws the details. "
+        "The relation is motion, so Train learns it on the high-noise expert alone, on its own noise levels (σ "
+        "0.875 to 1).\n1. Models: the Wan 2.2 T2V A14B files in models/ (README); the shift of 8 is the Wan 2.2 "
+        "template's.\n2. Exemplars: each video in input/; on Mask Video, each subject's box on the first frame "
+        "(x,y,width,height). One row per video, chained through Add Exemplar.\n3. Run. Train writes "
+        "models/loras/<lora_name>.safetensors; Cancel keeps a checkpoint and the next Run resumes it.\n"
+        "Relation Sample runs the high-noise expert with the LoRA above switch_sigma (0.875) and the low-noise "
+        "expert, without it, below: the LoRA at high noise only, as the README recommends. In the stock Wan 2.2 "
+        "template, load the LoRA (LoraLoaderModelOnly) on the high-noise model only.",
+        [("1 · Models: both experts", ["unet_high", "unet_low", "clip", "shift_high", "shift_low", "vae"]),
+         ("2 · Prompt with new subjects", ["positive", "negative"]),
+         ("3 · Exemplars: one row per video, a box per subject", ["video1", "frames1", "mask1", "add1", "video2",
+                                                                  "frames2", "mask2", "add2", "preview_masks"]),
+         ("4 · Train on the high-noise expert, then sample with both",
+          ["train", "sample", "video", "save"])]),
     "dreamrelation_generate_wan21_mixed_lora": (
         "Use a trained relation LoRA like any other: here after a style LoRA, through stock samplers. Load Relation "
         "LoRA applies the relation and FFN parts only (what DreamRelation applies at inference); a stock "
@@ -243,6 +308,7 @@ GUIDES = {
 }
 
 WORKFLOWS = {"dreamrelation_train_relation_wan21": train_wan,
+             "dreamrelation_train_relation_wan22_a14b": train_wan22,
              "dreamrelation_generate_wan21_mixed_lora": generate_wan_mixed,
              "dreamrelation_mochi_official_checkpoint": mochi_official,
              "dreamrelation_synthrel_demo": synthrel_demo}

@@ -421,6 +421,47 @@ def test_train_node_on_native_wan22_5b(pack, comfy):
     stock.unpatch_model()
 
 
+def test_wan22_a14b_trains_on_the_high_noise_expert_and_samples_as_the_stock_template(pack, comfy):
+    """Workflow dreamrelation_train_relation_wan22_a14b: Train on the high-noise expert (shifted by 8 as in
+    ComfyUI's Wan 2.2 template) at σ 0.875–1 only; Relation Sample, with that expert as model and the low-noise
+    expert as low_noise_model at switch_sigma 0.875, then equals the template's two stock KSamplerAdvanced chained
+    at Relation Switch Step's step: the relation LoRA on the high-noise expert's steps only."""
+    import importlib
+
+    from dreamrelation_core.archs import WAN
+
+    nodes, stock = pack["nodes"], importlib.import_module("nodes")
+    shift = importlib.import_module("comfy_extras.nodes_model_advanced").ModelSamplingSD3()
+    high, low = (shift.patch(native_model(comfy, "wan", seed=seed), 8.0)[0] for seed in (0, 1))    # two experts
+    trained = nodes.TrainRelationTriplet.execute(high, FakeClip(), FakeVae(), toy_exemplars(nodes), "wan22_a14b", 3,
+                                                 5e-2, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False, False, 0, "", 30,
+                                                 0.875, 1.0).result[0]
+    run = pack["root"] / "output" / "dreamrelation" / "wan22_a14b"
+    assert all(json.loads(l)["sigma"] >= 0.875 for l in (run / "log.jsonl").read_text().splitlines())
+
+    switch, steps = nodes.RelationSwitchStep.execute(trained, "simple", 20, 0.875).result
+    sigmas = comfy.samplers.calculate_sigmas(high.get_model_object("model_sampling"), "simple", 20)
+    assert (switch, steps) == (11, 20) and sigmas[10] >= 0.875 > sigmas[11]     # σ 0.889 | 0.867, shift 8
+    clip, vae = FakeClip(), FakeVae()
+    positive = clip.encode_from_tokens_scheduled("a bear high-fives a raccoon")
+    negative = clip.encode_from_tokens_scheduled("")
+    images = nodes.RelationSample.execute(trained, positive, negative, vae, 32, 32, 9, 20, 3.5, 42, 0.875,
+                                          low).result[0]
+    advanced = stock.KSamplerAdvanced()
+    latent = {"samples": nodes.sampling.empty_latent(high, WAN, 9, 32, 32)}
+    (first,) = advanced.sample(trained, "enable", 42, 20, 3.5, "euler", "simple", positive, negative, latent, 0,
+                               switch, "enable")
+    (second,) = advanced.sample(low, "disable", 42, 20, 3.5, "euler", "simple", positive, negative, first, switch,
+                                10000, "disable")
+    assert torch.allclose(images, vae.decode(second["samples"]).reshape(images.shape), atol=1e-6)
+    for other in (high, trained):        # each expert and the LoRA change the result: none of them is idle
+        expert_alone = nodes.RelationSample.execute(other, positive, negative, vae, 32, 32, 9, 20, 3.5, 42).result[0]
+        assert not torch.allclose(images, expert_alone, atol=1e-4)
+    untrained = nodes.RelationSample.execute(high, positive, negative, vae, 32, 32, 9, 20, 3.5, 42, 0.875,
+                                             low).result[0]
+    assert not torch.allclose(images, untrained, atol=1e-4)
+
+
 def test_bypass_mode_trains_as_the_weight_wrappers_and_is_chosen_for_dynamic_vram(pack, comfy, monkeypatch):
     """Bypass mode (forward hooks the patcher injects) gives the weight wrappers' velocity and LoRA gradients on a
     native Mochi (fused q/k/v) and Wan model, leaves no hook behind after the run, and is what a dynamically loaded
