@@ -26,9 +26,10 @@ def empty_latent(model, arch, length: int, height: int, width: int) -> torch.Ten
                         width // ratio], device=comfy.model_management.intermediate_device())
 
 
-def high_noise_steps(model, scheduler: str, steps: int, switch_sigma: float) -> int:
-    """How many of the `steps` start at σ ≥ `switch_sigma` on the model's own schedule (those run `model`)."""
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+def high_noise_steps(model, scheduler: str, steps: int, switch_sigma: float, sampler: str = "euler") -> int:
+    """How many of the `steps` start at σ ≥ `switch_sigma` on the model's own schedule (those run `model`), as a
+    stock KSampler with `sampler` steps it (a few samplers drop the penultimate σ of a longer schedule)."""
+    sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler=sampler, scheduler=scheduler).sigmas
     return int((sigmas[:-1] >= switch_sigma).sum())
 
 
@@ -51,7 +52,11 @@ class RelationSwitchStep(io.ComfyNode):
                 io.Int.Input("steps", default=30, min=1, max=10000, tooltip="The samplers' steps."),
                 io.Float.Input("switch_sigma", default=0.75, min=0.0, max=1.0, step=0.01, round=0.001,
                                tooltip="The LoRA runs on the steps that start at σ ≥ this, the plain model on the "
-                                       "rest. 0.75 on SynthRel; the relation is decided above it."),
+                                       "rest. 0.75 on SynthRel, where the relation is decided above it; 0.875 for "
+                                       "Wan 2.2 A14B's experts (their boundary)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               optional=True, tooltip="The samplers' sampler: dpm_2, dpm_2_ancestral, uni_pc and "
+                                                      "uni_pc_bh2 step another schedule than the others."),
             ],
             outputs=[io.Int.Output(display_name="switch_step",
                                    tooltip="end_at_step of the sampler with the LoRA, start_at_step of the plain one."),
@@ -59,8 +64,8 @@ class RelationSwitchStep(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, scheduler, steps, switch_sigma):
-        switch = high_noise_steps(model, scheduler, steps, switch_sigma)
+    def execute(cls, model, scheduler, steps, switch_sigma, sampler_name="euler"):
+        switch = high_noise_steps(model, scheduler, steps, switch_sigma, sampler_name)
         if switch == 0:         # a stock sampler ending at step 0 returns its latent without adding the noise
             raise ValueError(f"switch_sigma {switch_sigma} is above every step's σ of the {scheduler} schedule, so "
                              "the LoRA would run on no step: lower switch_sigma (or sample with the plain model only)")

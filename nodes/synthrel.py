@@ -60,6 +60,19 @@ def unet_config() -> dict:
                 cross_attn_norm=t["cross_attn_norm"], eps=1e-6)
 
 
+def state_keys(module: torch.nn.Module) -> set[str]:
+    """The keys `module.load_state_dict` expects, counting the layers that current ComfyUI's dynamic-VRAM ops build
+    empty (weight and bias None until their state dict is loaded, `comfy_need_lazy_init_bias` saying whether a bias
+    comes; docs/comfyui.md): those are absent from `state_dict()` until then."""
+    keys = set(module.state_dict())
+    for name, layer in module.named_modules():
+        if hasattr(layer, "comfy_need_lazy_init_bias") and getattr(layer, "weight", None) is None:
+            keys.add(f"{name}.weight")
+            if layer.comfy_need_lazy_init_bias:
+                keys.add(f"{name}.bias")
+    return keys
+
+
 def native_model(base):
     """ModelPatcher around a native Wan model holding the weights of the core's SynthRel `base`."""
     from ..dreamrelation_core.conversion import wan_original_state_dict
@@ -70,7 +83,7 @@ def native_model(base):
     model.model_sampling = SynthRelSampling(config)
     diffusion_model = model.diffusion_model
     diffusion_model.load_state_dict(wan_original_state_dict(base.transformer.state_dict(),
-                                                            diffusion_model.state_dict().keys()))
+                                                            state_keys(diffusion_model)))
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 

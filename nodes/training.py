@@ -34,9 +34,11 @@ PLACEMENTS = ["default", *sorted({name for arch in MODEL_FAMILIES.values() for n
 
 
 def _clone_conditioning(cond):
-    """Conditioning from other nodes holds inference-mode tensors; training needs ordinary ones."""
-    return [[c[0].clone(), {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in c[1].items()}]
-            for c in cond]
+    """Conditioning from other nodes holds inference-mode tensors; training needs ordinary ones. Hook groups (a CLIP
+    with Set CLIP Hooks) are left out: current ComfyUI's guider would sample a non-dynamic copy of the MODEL for them,
+    one without the triplet being trained (docs/comfyui.md)."""
+    return [[c[0].clone(), {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in c[1].items()
+                            if k != "hooks"}] for c in cond]
 
 
 def _unconditional(arch, clip, cond):

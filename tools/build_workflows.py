@@ -281,7 +281,7 @@ GUIDES = {
         "LoraLoaderModelOnly on the same file does exactly the same.\nThe relation LoRA runs on the high-noise steps "
         "only: the first KSamplerAdvanced ends at Relation Switch Step's switch_step (σ 0.75), and the second "
         "finishes with the style LoRA alone, which keeps out most of the exemplars' looks (README). Any sampler "
-        "works; for the relation LoRA on every step, wire the second sampler's model to Load Relation LoRA.",
+        "works: choose it on Relation Switch Step too. For the relation LoRA on every step, wire the second sampler's model to Load Relation LoRA.",
         [("1 · Models", ["unet", "clip", "vae"]), ("2 · Your LoRA, then the relation LoRA", ["style", "relation"]),
          ("3 · Prompt, size and switch step", ["positive", "negative", "switch", "latent"]),
          ("4 · The relation LoRA at high noise, then without it", ["high", "low"]),

@@ -326,6 +326,27 @@ def test_training_works_on_a_model_loaded_under_inference_mode(pack, comfy):
     assert Path(out.result[1]).is_file()
 
 
+def test_train_node_leaves_clip_hooks_out_of_its_conditioning(pack, comfy, monkeypatch):
+    """A CLIP with hooks (Set CLIP Hooks) puts a hook group in each conditioning. Current ComfyUI's guider then samples
+    a non-dynamic copy of the MODEL, one without the triplet (docs/comfyui.md), so the Train node leaves them out."""
+    import comfy.hooks
+
+    nodes = pack["nodes"]
+
+    class HookedClip(FakeClip):
+        def encode_from_tokens_scheduled(self, tokens):
+            return [[c[0], {**c[1], "hooks": comfy.hooks.HookGroup()}]
+                    for c in super().encode_from_tokens_scheduled(tokens)]
+
+    seen, set_conds = [], comfy.samplers.CFGGuider.set_conds
+    monkeypatch.setattr(comfy.samplers.CFGGuider, "set_conds",
+                        lambda self, positive, negative: (seen.append(positive + negative),
+                                                          set_conds(self, positive, negative))[1])
+    nodes.TrainRelationTriplet.execute(native_model(comfy, "wan"), HookedClip(), FakeVae(), toy_exemplars(nodes),
+                                       "hooked_clip", 1, 5e-3, 4, 4.0, 32, 32, 9, 50.0, 0.01, 0, 0, False, False)
+    assert seen and all("hooks" not in cond[1] for conds in seen for cond in conds)
+
+
 def test_train_node_renders_previews_with_the_relation_lora(pack, comfy):
     from dreamrelation_core.videoio import read_video
 

@@ -38,6 +38,40 @@ def test_native_base_predicts_what_the_diffusers_base_does(pack, synthrel):
     assert model.model.model_sampling.shift == SYNTHREL.sample_shift
 
 
+def test_base_loads_into_layers_built_empty(pack, comfy, synthrel, monkeypatch):
+    """Current ComfyUI builds each Linear empty under dynamic VRAM (on by default on NVIDIA): weight and bias None
+    until its state dict is loaded, `comfy_need_lazy_init_bias` saying whether a bias comes (comfy/ops.py,
+    `disable_weight_init.Linear`; docs/comfyui.md). 0.3.64 has no such layers, so here its Linear is built that way,
+    with upstream's loader for them: Load SynthRel Base then holds the same weights as in ordinary layers."""
+    import comfy.ops
+
+    class EmptyLinear(comfy.ops.disable_weight_init.Linear):
+        def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+            torch.nn.Module.__init__(self)
+            self.in_features, self.out_features = in_features, out_features
+            self.weight = self.bias = None
+            self.comfy_need_lazy_init_bias = bias
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                  error_msgs):
+            for key, value in state_dict.items():
+                if key[len(prefix):] in ("weight", "bias"):
+                    setattr(self, key[len(prefix):], torch.nn.Parameter(value.clone(), requires_grad=False))
+                else:
+                    unexpected_keys.append(key)
+            for name in ("weight", "bias") if self.comfy_need_lazy_init_bias else ("weight",):
+                if getattr(self, name) is None:
+                    missing_keys.append(prefix + name)
+
+    monkeypatch.setattr(comfy.ops.disable_weight_init, "Linear", EmptyLinear)
+    empty_built = pack["nodes"].synthrel.LoadSynthRelBase.execute().result[0]
+    layers = [m for m in empty_built.model.diffusion_model.modules() if isinstance(m, EmptyLinear)]
+    assert len(layers) > 20 and all(m.weight is not None for m in layers)
+    ordinary = dict(synthrel[0].model.diffusion_model.state_dict())
+    loaded = empty_built.model.diffusion_model.state_dict()
+    assert sorted(loaded) == sorted(ordinary) and all(torch.equal(loaded[k], ordinary[k]) for k in ordinary)
+
+
 def test_vae_is_the_exact_pixel_map(synthrel):
     _, _, vae = synthrel
     images = torch.randint(0, 256, (9, 32, 32, 3)).float() / 255
@@ -120,6 +154,8 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
     # Relation Switch Step gives that step (and the steps) for the stock chain
     switch, steps = nodes.RelationSwitchStep.execute(trained, "simple", 4, 0.6).result
     assert (switch, steps) == (2, 4)                          # σ 1, 0.75 | 0.5, 0.25
+    # uni_pc steps 5 steps' schedule without its penultimate σ: 1, 0.8, 0.6 | 0.4
+    assert nodes.RelationSwitchStep.execute(trained, "simple", 4, 0.6, "uni_pc").result == (3, 4)
     with pytest.raises(ValueError, match="switch_sigma 1.01 is above every step's σ of the simple schedule"):
         nodes.RelationSwitchStep.execute(trained, "simple", 4, 1.01)
     advanced = importlib.import_module("nodes").KSamplerAdvanced()

@@ -103,7 +103,7 @@ SAVED_WIDGET_ORDER = {
                            "hybrid_masks", "preview_switch_sigma"],
     "DreamRelationLoadLoRA": ["lora_name", "relation_strength", "ffn_strength", "subject_strength"],
     "DreamRelationSample": ["width", "height", "length", "steps", "cfg", "seed", "switch_sigma"],
-    "DreamRelationSwitchStep": ["scheduler", "steps", "switch_sigma"],
+    "DreamRelationSwitchStep": ["scheduler", "steps", "switch_sigma", "sampler_name"],
     "DreamRelationLoadSynthRelBase": [],
     "DreamRelationSynthRelExemplars": ["relation", "count", "seed"],
     "DreamRelationSynthRelEvaluate": ["prompt"],
