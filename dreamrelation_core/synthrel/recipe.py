@@ -35,7 +35,7 @@ def run_config(out: Path, exemplars: Path, steps: int, overrides: dict, seed: in
         train=TrainConfig(steps=steps * overrides.get("steps_factor", 1), learning_rate=1e-3, checkpoint_every=0,
                           mask_weight=overrides.get("mask_weight", TrainConfig.mask_weight),
                           group_weights=overrides.get("group_weights", [1.0, 1.0, 1.0]),
-                          sigma_min=TRAIN_SIGMA_MIN,
+                          sigma_min=overrides.get("train_sigma_min", TRAIN_SIGMA_MIN),
                           gradient_checkpointing=False, hybrid_masks=overrides.get("hybrid_masks", True),
                           subject_loras=overrides.get("subject_loras", True), seed=seed),
         rcl=RCLConfig(enabled=overrides.get("rcl", True)),
