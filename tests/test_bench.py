@@ -48,7 +48,8 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
     assert list(result["methods"]) == list(quality.METHODS) == [
         "dreamrelation", "dreamrelation_all_roles", "dreamrelation_reference_mlp", "dreamrelation_relation_mlp",
         "dreamrelation_motion_vo", "direct_lora", "no_hmt", "no_rcl", "no_subject_loras",
-        "dreamrelation_high_noise", "direct_lora_high_noise", "no_hmt_high_noise", "base"]
+        "dreamrelation_high_noise", "direct_lora_high_noise", "no_hmt_high_noise",
+        "dreamrelation_high_noise_trained", "direct_lora_high_noise_trained", "no_hmt_high_noise_trained", "base"]
     for method in result["methods"].values():
         assert 0.0 <= method["relation_accuracy"] <= 1.0 and 0.0 <= method["leakage"] <= 1.0
         clips = method["per_relation"]["pushes"]["clips"]
@@ -66,21 +67,29 @@ def test_mini_quality_benchmark_runs_every_method(monkeypatch):
         "direct_lora_high_noise_vs_direct_lora_leakage", "direct_lora_high_noise_vs_direct_lora",
         "dreamrelation_high_noise_vs_direct_lora_high_noise",
         "dreamrelation_high_noise_vs_direct_lora_high_noise_without_leak",
-        "no_hmt_high_noise_vs_direct_lora_high_noise_without_leak"}
+        "no_hmt_high_noise_vs_direct_lora_high_noise_without_leak",
+        "direct_lora_high_noise_trained_vs_direct_lora_high_noise_without_leak",
+        "direct_lora_high_noise_trained_vs_direct_lora_high_noise_leakage",
+        "no_hmt_high_noise_trained_vs_no_hmt_high_noise_without_leak",
+        "no_hmt_high_noise_trained_vs_no_hmt_high_noise_leakage"}
     clips = {m: result["methods"][m]["per_relation"]["pushes"]["clips"] for m in ("no_hmt", "dreamrelation")}
     assert result["comparisons"]["no_hmt_vs_dreamrelation_leakage"]["difference"] == (
         sum(c["leaked"] for c in clips["no_hmt"]) - sum(c["leaked"] for c in clips["dreamrelation"])) / 2
     assert "| dreamrelation − direct_lora, relation without a leak |" in quality.markdown(result)
     assert "| no_hmt − dreamrelation, leakage |" in quality.markdown(result)
     assert quality.markdown(result, study=True).startswith("## SynthRel quality benchmark (protocol v2): the hybrid")
-    # One training run per distinct setting: the all-roles diagnostic and the high-noise rows reuse a trained LoRA.
-    assert len(runs) == 8 and [r.subject_loras for r in runs].count(False) == 1
+    # One training run per distinct setting: the all-roles diagnostic and the high-noise rows reuse a trained LoRA;
+    # the …_high_noise_trained rows train their own, on σ ≥ recipe.HIGH_NOISE_SIGMA only.
+    assert len(runs) == 11 and [r.subject_loras for r in runs].count(False) == 1
+    assert [r.sigma_min for r in runs] == [quality.TRAIN_SIGMA_MIN] * 8 + [quality.HIGH_NOISE_SIGMA] * 3
+    assert "Rows `…_high_noise_trained` train on σ ∈ [0.75, 1] only." in quality.markdown(result)
     assert runs[0].hybrid_masks and runs[0].subject_loras                  # DreamRelation's own run comes first
     # Each method is judged with its inference roles active (none for the base), the high-noise rows with the
     # LoRA switched off below recipe.HIGH_NOISE_SIGMA.
     inference, cut = {"relation", "ffn"}, quality.HIGH_NOISE_SIGMA
     assert judged == ([(inference, None), (set(ROLES), None)] + [(inference, None)] * 3 + [(set(ROLES), None)]
-                      + [(inference, None)] * 3 + [(inference, cut), (set(ROLES), cut), (inference, cut), (set(), None)])
+                      + [(inference, None)] * 3 + [(inference, cut), (set(ROLES), cut), (inference, cut)] * 2
+                      + [(set(), None)])
 
 
 def test_paired_bootstrap_tells_a_real_difference_from_noise():
