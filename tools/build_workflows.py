@@ -267,8 +267,9 @@ GUIDES = {
         "(x,y,width,height). One row per video, chained through Add Exemplar.\n3. Run. Train writes "
         "models/loras/<lora_name>.safetensors; Cancel keeps a checkpoint and the next Run resumes it.\n"
         "Relation Sample runs the high-noise expert with the LoRA above switch_sigma (0.875) and the low-noise "
-        "expert, without it, below: the LoRA at high noise only, as the README recommends. In the stock Wan 2.2 "
-        "template, load the LoRA (LoraLoaderModelOnly) on the high-noise model only.",
+        "expert, without it, below: the LoRA at high noise only, as the README recommends. Train's previews run the "
+        "high-noise expert alone, so they look rougher. In the stock Wan 2.2 template, load the LoRA "
+        "(LoraLoaderModelOnly) on the high-noise model only.",
         [("1 · Models: both experts", ["unet_high", "unet_low", "clip", "shift_high", "shift_low", "vae"]),
          ("2 · Prompt with new subjects", ["positive", "negative"]),
          ("3 · Exemplars: one row per video, a box per subject", ["video1", "frames1", "mask1", "add1", "video2",
