@@ -55,42 +55,48 @@ def exemplar_branch(k, col, row, caption, previous):
     return nodes, links
 
 
-def train_wan():
-    caption = "A person is high-fiving with a person."
-    nodes, links = loaders(WAN_MODELS, "wan"), []
-    previous = None
+def train_and_sample(name: str, model: str, low_noise_model: str, prompt_column: int, train: dict, sample: dict,
+                     prefix: str):
+    """The Wan training workflows' graph after their loaders: two exemplar rows → Train on `model` → Relation Sample
+    with `low_noise_model` below its switch → Save Video. `train` and `sample` add to (or replace) the shared
+    widget values."""
+    nodes, links, previous = [], [], None
     for k in (1, 2):
-        n, l = exemplar_branch(k, 0, 2 + k, caption, previous)
+        n, l = exemplar_branch(k, 0, 2 + k, "A person is high-fiving with a person.", previous)
         nodes, links, previous = nodes + n, links + l, f"add{k}"
     nodes += [
         ("preview_masks", "PreviewImage", {}, (3, 5)),
-        ("train", "DreamRelationTrain", {"lora_name": "high_five_wan", "steps": 2400, "learning_rate": 2e-4,
-                                         "rank": 16, "alpha": 16.0, "width": 832, "height": 480, "length": 49,
+        ("train", "DreamRelationTrain", {"lora_name": name, "steps": 2400, "learning_rate": 2e-4, "rank": 16,
+                                         "alpha": 16.0, "width": 832, "height": 480, "length": 49,
                                          "mask_weight": 50.0, "rcl_weight": 0.01, "seed": 0,
                                          "checkpoint_every": 200, "resume": True, "gradient_checkpointing": True,
                                          "preview_every": 200,
-                                         "preview_prompt": "A bear is high-fiving with a raccoon.",
-                                         "preview_steps": 30, "preview_switch_sigma": 0.75},
+                                         "preview_prompt": "A bear is high-fiving with a raccoon.", **train},
          (4, 1)),
         ("positive", "CLIPTextEncode", {"text": "A bear is high-fiving with a raccoon in a serene forest "
-                                                "clearing."}, (1, 0)),
-        ("negative", "CLIPTextEncode", {"text": ""}, (1, 1)),
-        ("sample", "DreamRelationSample", {"width": 832, "height": 480, "length": 49, "steps": 30, "cfg": 5.0,
-                                           "seed": 42}, (5, 1)),
+                                                "clearing."}, (prompt_column, 0)),
+        ("negative", "CLIPTextEncode", {"text": ""}, (prompt_column, 1)),
+        ("sample", "DreamRelationSample", {"width": 832, "height": 480, "length": 49, **sample, "seed": 42}, (5, 1)),
         ("video", "CreateVideo", {"fps": 16.0}, (6, 1)),
-        ("save", "SaveVideo", {"filename_prefix": "dreamrelation/high_five_wan", "format": "auto",
-                               "codec": "auto"}, (7, 1)),
+        ("save", "SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, (7, 1)),
     ]
-    links += [("mask1", 2, "preview_masks", "images"), ("unet", 0, "train", "model"), ("clip", 0, "train", "clip"),
+    links += [("mask1", 2, "preview_masks", "images"), (model, 0, "train", "model"), ("clip", 0, "train", "clip"),
               ("vae", 0, "train", "vae"), ("add2", 0, "train", "exemplars"), ("clip", 0, "positive", "clip"),
               ("clip", 0, "negative", "clip"), ("train", 0, "sample", "model"), ("positive", 0, "sample", "positive"),
-              ("negative", 0, "sample", "negative"), ("vae", 0, "sample", "vae"), ("unet", 0, "sample", "low_noise_model"),
-              ("sample", 0, "video", "images"), ("video", 0, "save", "video")]
-    return "Train a relation (high-five) from exemplar videos on Wan 2.1 1.3B", nodes, links
+              ("negative", 0, "sample", "negative"), ("vae", 0, "sample", "vae"),
+              (low_noise_model, 0, "sample", "low_noise_model"), ("sample", 0, "video", "images"),
+              ("video", 0, "save", "video")]
+    return nodes, links
+
+
+def train_wan():
+    nodes, links = train_and_sample("high_five_wan", "unet", "unet", 1,
+                                    {"preview_steps": 30, "preview_switch_sigma": 0.75}, {"steps": 30, "cfg": 5.0},
+                                    "dreamrelation/high_five_wan")
+    return "Train a relation (high-five) from exemplar videos on Wan 2.1 1.3B", loaders(WAN_MODELS, "wan") + nodes, links
 
 
 def train_wan22():
-    caption = "A person is high-fiving with a person."
     nodes = [("unet_high", "UNETLoader", {"unet_name": WAN22_MODELS["high"], "weight_dtype": "default"}, (0, 0)),
              ("unet_low", "UNETLoader", {"unet_name": WAN22_MODELS["low"], "weight_dtype": "default"}, (0, 1)),
              ("clip", "CLIPLoader", {"clip_name": WAN22_MODELS["clip"], "type": "wan", "device": "default"}, (2, 0)),
@@ -98,39 +104,16 @@ def train_wan22():
              # The shift of ComfyUI's Wan 2.2 template, on both experts.
              ("shift_high", "ModelSamplingSD3", {"shift": 8.0}, (1, 0)),
              ("shift_low", "ModelSamplingSD3", {"shift": 8.0}, (1, 1))]
-    links, previous = [], None
-    for k in (1, 2):
-        n, l = exemplar_branch(k, 0, 2 + k, caption, previous)
-        nodes, links, previous = nodes + n, links + l, f"add{k}"
-    nodes += [
-        ("preview_masks", "PreviewImage", {}, (3, 5)),
-        ("positive", "CLIPTextEncode", {"text": "A bear is high-fiving with a raccoon in a serene forest "
-                                                "clearing."}, (3, 0)),
-        ("negative", "CLIPTextEncode", {"text": ""}, (3, 1)),
-        # The high-noise expert alone, on its own noise levels: where the motion, and so the relation, is decided.
-        ("train", "DreamRelationTrain", {"lora_name": "high_five_wan22_high_noise", "steps": 2400,
-                                         "learning_rate": 2e-4, "rank": 16, "alpha": 16.0, "width": 832,
-                                         "height": 480, "length": 49, "mask_weight": 50.0, "rcl_weight": 0.01,
-                                         "seed": 0, "checkpoint_every": 200, "resume": True,
-                                         "gradient_checkpointing": True, "preview_every": 200,
-                                         "preview_prompt": "A bear is high-fiving with a raccoon.",
-                                         "preview_steps": 20, "sigma_min": WAN22_BOUNDARY, "sigma_max": 1.0,
-                                         "preview_switch_sigma": WAN22_BOUNDARY}, (4, 1)),
-        # Each expert on its own steps, as the template's two KSamplerAdvanced: the LoRA rides the high-noise one.
-        ("sample", "DreamRelationSample", {"width": 832, "height": 480, "length": 49, "steps": 20, "cfg": 3.5,
-                                           "seed": 42, "switch_sigma": WAN22_BOUNDARY}, (5, 1)),
-        ("video", "CreateVideo", {"fps": 16.0}, (6, 1)),
-        ("save", "SaveVideo", {"filename_prefix": "dreamrelation/high_five_wan22", "format": "auto",
-                               "codec": "auto"}, (7, 1)),
-    ]
-    links += [("unet_high", 0, "shift_high", "model"), ("unet_low", 0, "shift_low", "model"),
-              ("mask1", 2, "preview_masks", "images"), ("shift_high", 0, "train", "model"),
-              ("clip", 0, "train", "clip"), ("vae", 0, "train", "vae"), ("add2", 0, "train", "exemplars"),
-              ("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"), ("train", 0, "sample", "model"),
-              ("positive", 0, "sample", "positive"), ("negative", 0, "sample", "negative"),
-              ("vae", 0, "sample", "vae"), ("shift_low", 0, "sample", "low_noise_model"),
-              ("sample", 0, "video", "images"), ("video", 0, "save", "video")]
-    return "Train a relation (high-five) on Wan 2.2 A14B's high-noise expert, then sample with both experts", nodes, links
+    # Train: the high-noise expert alone, on its own noise levels, where the motion, and so the relation, is decided.
+    # Sample: each expert on its own steps, as the template's two KSamplerAdvanced; the LoRA rides the high-noise one.
+    graph, links = train_and_sample("high_five_wan22_high_noise", "shift_high", "shift_low", 3,
+                                    {"preview_steps": 20, "sigma_min": WAN22_BOUNDARY, "sigma_max": 1.0,
+                                     "preview_switch_sigma": WAN22_BOUNDARY},
+                                    {"steps": 20, "cfg": 3.5, "switch_sigma": WAN22_BOUNDARY},
+                                    "dreamrelation/high_five_wan22")
+    links = [("unet_high", 0, "shift_high", "model"), ("unet_low", 0, "shift_low", "model")] + links
+    return ("Train a relation (high-five) on Wan 2.2 A14B's high-noise expert, then sample with both experts",
+            nodes + graph, links)
 
 
 def generate_wan_mixed():

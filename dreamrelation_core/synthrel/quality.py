@@ -37,14 +37,15 @@ METHODS = {
     "no_rcl": ({"rcl": False}, INFERENCE_ROLES),
     "no_subject_loras": ({"subject_loras": False}, INFERENCE_ROLES),
 }
+GATED = ("dreamrelation", "direct_lora", "no_hmt")      # the rows also sampled with the LoRA at high noise only
 # The same trained LoRAs sampled with the LoRA on the high-noise steps only (recipe.HIGH_NOISE_SIGMA), then the base.
 METHODS |= {f"{m}_high_noise": ({**METHODS[m][0], "lora_sigma_min": HIGH_NOISE_SIGMA}, METHODS[m][1])
-            for m in ("dreamrelation", "direct_lora", "no_hmt")}
+            for m in GATED}
 # ... and LoRAs trained on those noise levels only (σ ∈ [HIGH_NOISE_SIGMA, 1]), sampled the same way: as one trains
 # the high-noise expert of Wan 2.2 A14B on its own range (docs/benchmarks.md, "Training where the LoRA is applied").
 METHODS |= {f"{m}_high_noise_trained": ({**METHODS[m][0], "train_sigma_min": HIGH_NOISE_SIGMA,
                                          "lora_sigma_min": HIGH_NOISE_SIGMA}, METHODS[m][1])
-            for m in ("dreamrelation", "direct_lora", "no_hmt")}
+            for m in GATED}
 METHODS["base"] = (None, ())
 INFERENCE_ONLY = ("lora_sigma_min",)     # overrides that change sampling, not training: they share a training run
 

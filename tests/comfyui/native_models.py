@@ -38,3 +38,16 @@ def native_model(comfy, arch: str, seed: int = 0, **sizes):
                 p.copy_(torch.randn_like(p) * 0.05)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def stock_chain(high, low, positive, negative, latent, steps, cfg, seed, switch):
+    """Two stock KSamplerAdvanced chained at `switch`, as ComfyUI's Wan 2.2 template chains its experts: `high` adds
+    the noise and stops there with it left over, `low` finishes (Euler, simple). Returns the final latent."""
+    import importlib
+
+    advanced = importlib.import_module("nodes").KSamplerAdvanced()
+    (first,) = advanced.sample(high, "enable", seed, steps, cfg, "euler", "simple", positive, negative,
+                               {"samples": latent}, 0, switch, "enable")
+    (second,) = advanced.sample(low, "disable", seed, steps, cfg, "euler", "simple", positive, negative, first,
+                                switch, 10000, "disable")
+    return second["samples"]

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from .fakes import FakeClip, FakeVae
-from .native_models import WAN_DIFFUSERS, native_model
+from .native_models import WAN_DIFFUSERS, native_model, stock_chain
 
 
 def toy_exemplars(nodes, count=2, frames=9, size=32, masked=True):
@@ -451,7 +451,7 @@ def test_wan22_a14b_trains_on_the_high_noise_expert_and_samples_as_the_stock_tem
 
     from dreamrelation_core.archs import WAN
 
-    nodes, stock = pack["nodes"], importlib.import_module("nodes")
+    nodes = pack["nodes"]
     shift = importlib.import_module("comfy_extras.nodes_model_advanced").ModelSamplingSD3()
     high, low = (shift.patch(native_model(comfy, "wan", seed=seed), 8.0)[0] for seed in (0, 1))    # two experts
     trained = nodes.TrainRelationTriplet.execute(high, FakeClip(), FakeVae(), toy_exemplars(nodes), "wan22_a14b", 3,
@@ -468,13 +468,9 @@ def test_wan22_a14b_trains_on_the_high_noise_expert_and_samples_as_the_stock_tem
     negative = clip.encode_from_tokens_scheduled("")
     images = nodes.RelationSample.execute(trained, positive, negative, vae, 32, 32, 9, 20, 3.5, 42, 0.875,
                                           low).result[0]
-    advanced = stock.KSamplerAdvanced()
-    latent = {"samples": nodes.sampling.empty_latent(high, WAN, 9, 32, 32)}
-    (first,) = advanced.sample(trained, "enable", 42, 20, 3.5, "euler", "simple", positive, negative, latent, 0,
-                               switch, "enable")
-    (second,) = advanced.sample(low, "disable", 42, 20, 3.5, "euler", "simple", positive, negative, first, switch,
-                                10000, "disable")
-    assert torch.allclose(images, vae.decode(second["samples"]).reshape(images.shape), atol=1e-6)
+    chained = stock_chain(trained, low, positive, negative, nodes.sampling.empty_latent(high, WAN, 9, 32, 32), 20,
+                          3.5, 42, switch)
+    assert torch.allclose(images, vae.decode(chained).reshape(images.shape), atol=1e-6)
     for other in (high, trained):        # each expert and the LoRA change the result: none of them is idle
         expert_alone = nodes.RelationSample.execute(other, positive, negative, vae, 32, 32, 9, 20, 3.5, 42).result[0]
         assert not torch.allclose(images, expert_alone, atol=1e-4)

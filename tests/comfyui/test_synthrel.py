@@ -147,7 +147,7 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
 
     # The LoRA on the high-noise steps only: exactly what two stock KSamplerAdvanced nodes give, chained at the
     # switch (the trained model down to σ 0.6, the model without the LoRA after it).
-    import importlib
+    from .native_models import native_model, stock_chain
 
     sample = nodes.RelationSample.execute
     gated = sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.6, model).result[0]
@@ -158,20 +158,14 @@ def test_train_and_sample_on_the_native_synthrel_base(pack, comfy, synthrel):
     assert nodes.RelationSwitchStep.execute(trained, "simple", 4, 0.6, "uni_pc").result == (3, 4)
     with pytest.raises(ValueError, match="switch_sigma 1.01 is above every step's σ of the simple schedule"):
         nodes.RelationSwitchStep.execute(trained, "simple", 4, 1.01)
-    advanced = importlib.import_module("nodes").KSamplerAdvanced()
-    latent = {"samples": nodes.sampling.empty_latent(model, SYNTHREL, frames, height, width)}
-    (first,) = advanced.sample(trained, "enable", 0, 4, 4.0, "euler", "simple", positive, negative, latent, 0,
-                               switch, "enable")
-    (second,) = advanced.sample(model, "disable", 0, 4, 4.0, "euler", "simple", positive, negative, first, switch,
-                                10000, "disable")
-    assert torch.allclose(gated, vae.decode(second["samples"]).reshape(gated.shape), atol=1e-6)
+    chained = stock_chain(trained, model, positive, negative,
+                          nodes.sampling.empty_latent(model, SYNTHREL, frames, height, width), 4, 4.0, 0, switch)
+    assert torch.allclose(gated, vae.decode(chained).reshape(gated.shape), atol=1e-6)
     assert not np.allclose(gated.numpy(), images.numpy()) and not np.allclose(gated.numpy(), before.numpy())
     assert torch.equal(sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.0,
                               model).result[0], images)           # switch at 0: the LoRA on every step
     assert torch.allclose(sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 1.01,
                                  model).result[0], before, atol=1e-6)   # above every σ: the model alone
-    from .native_models import native_model
-
     with pytest.raises(ValueError, match="low_noise_model is a wan model but model is synthrel"):
         sample(trained, positive, negative, vae, width, height, frames, 4, 4.0, 0, 0.6, native_model(comfy, "wan"))
 
