@@ -265,3 +265,27 @@ def test_quality_benchmark_on_another_base_goes_only_to_out(tmp_path, monkeypatc
         bench.run("base", methods=["base"], progress=False)
     with pytest.raises(FileNotFoundError, match="no SynthRel v2 base at .*missing.safetensors"):
         bench.run("quality", base_weights=tmp_path / "missing.safetensors", progress=False)
+
+
+@pytest.mark.parametrize("swap_texture", [False, True])
+def test_base_report_splits_fidelity_into_colours_and_shapes_and_textures(monkeypatch, swap_texture):
+    """The base report reads ground truth as rendered in full, and a clip whose first subject wears another texture
+    as colours and shapes right, textures (so every attribute) wrong."""
+    from dreamrelation_core.synthrel import quality
+    from dreamrelation_core.synthrel.render import TEXTURES, parse_caption, render_clip
+
+    def ground_truth(base, prompt, seed, steps, cfg, protocol):
+        relation, s1, s2 = parse_caption(prompt)
+        if swap_texture:
+            s1 = s1._replace(texture=TEXTURES[(TEXTURES.index(s1.texture) + 1) % len(TEXTURES)])
+        return render_clip(relation, s1, s2, protocol.frames, protocol.size, seed, protocol.look)[0]
+
+    monkeypatch.setattr(quality, "build_synthrel_base", lambda weights: None)
+    monkeypatch.setattr(quality, "sample_clip", ground_truth)
+    report = quality.base_report(prompts_per_relation=1, seeds=(0,), progress=False)
+    for relation, row in report.items():
+        assert row["relation_accuracy"] == row["subjects_present"] == row["shapes_match"] == 1.0, relation
+        assert row["textures_match"] == row["attributes_match"] == (0.0 if swap_texture else 1.0), relation
+    table = quality.base_markdown(report)
+    assert "| named colours and shapes | named textures | named attributes rendered |" in table
+    assert f"| pushes | yes | 1.000 | 1.000 | 1.000 | {0 if swap_texture else 1}.000 | " in table
