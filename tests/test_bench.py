@@ -267,21 +267,30 @@ def test_quality_benchmark_on_another_base_goes_only_to_out(tmp_path, monkeypatc
         bench.run("quality", base_weights=tmp_path / "missing.safetensors", progress=False)
 
 
-@pytest.mark.parametrize("swap_texture", [False, True])
-def test_base_report_splits_fidelity_into_colours_and_shapes_and_textures(monkeypatch, swap_texture):
-    """The base report reads ground truth as rendered in full, and a clip whose first subject wears another texture
-    as colours and shapes right, textures (so every attribute) wrong."""
+def _base_renders_ground_truth(monkeypatch, swap_texture=False):
+    """The base report's sampler replaced by ground-truth renders of each prompt (optionally with subject 1 in the
+    next texture); returns the quality module so patched."""
     from dreamrelation_core.synthrel import quality
     from dreamrelation_core.synthrel.render import TEXTURES, parse_caption, render_clip
 
     def ground_truth(base, prompt, seed, steps, cfg, protocol):
         relation, s1, s2 = parse_caption(prompt)
-        if swap_texture:
+        if not protocol.textured:                           # v1 captions name no texture: plain (colour, shape)
+            s1, s2 = ((colour, shape) for colour, _, shape in (s1, s2))
+        elif swap_texture:
             s1 = s1._replace(texture=TEXTURES[(TEXTURES.index(s1.texture) + 1) % len(TEXTURES)])
         return render_clip(relation, s1, s2, protocol.frames, protocol.size, seed, protocol.look)[0]
 
     monkeypatch.setattr(quality, "build_synthrel_base", lambda weights: None)
     monkeypatch.setattr(quality, "sample_clip", ground_truth)
+    return quality
+
+
+@pytest.mark.parametrize("swap_texture", [False, True])
+def test_base_report_splits_fidelity_into_colours_and_shapes_and_textures(monkeypatch, swap_texture):
+    """The base report reads ground truth as rendered in full, and a clip whose first subject wears another texture
+    as colours and shapes right, textures (so every attribute) wrong."""
+    quality = _base_renders_ground_truth(monkeypatch, swap_texture)
     report = quality.base_report(prompts_per_relation=1, seeds=(0,), progress=False)
     for relation, row in report.items():
         assert row["relation_accuracy"] == row["subjects_present"] == row["shapes_match"] == 1.0, relation
@@ -289,3 +298,21 @@ def test_base_report_splits_fidelity_into_colours_and_shapes_and_textures(monkey
     table = quality.base_markdown(report)
     assert "| named colours and shapes | named textures | named attributes rendered |" in table
     assert f"| pushes | yes | 1.000 | 1.000 | 1.000 | {0 if swap_texture else 1}.000 | " in table
+
+
+def test_base_report_reads_no_textures_on_v1_and_the_shipped_reports_render_as_documented(monkeypatch):
+    import json
+    from pathlib import Path
+
+    from dreamrelation_core.synthrel.protocol import V1
+
+    quality = _base_renders_ground_truth(monkeypatch)
+    report = quality.base_report(prompts_per_relation=1, seeds=(0,), progress=False, protocol=V1)
+    assert all("textures_match" not in row and row["shapes_match"] == 1.0 for row in report.values())
+    assert "| subjects present | named colours and shapes | named attributes rendered |" in quality.base_markdown(
+        report, "v1")
+    # The JSON each `bench base` run wrote renders the table docs/benchmarks.md shows (v2 now splits fidelity).
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "benchmarks.md").read_text()
+    v2 = json.loads((root / "docs" / "benchmarks" / "synthrel_base_v2.json").read_text())
+    assert quality.base_markdown(v2, "v2") in doc and "named textures in 0.236" in doc

@@ -26,8 +26,11 @@ from .recipe import CFG, HIGH_NOISE_SIGMA, STEPS, TRAIN_SIGMA_MIN, TRAIN_STEPS, 
 from .render import caption as make_caption, write_exemplars
 
 PROMPTS = 8               # unseen subject pairs per relation, each sampled with every seed
-# The base report's fidelity columns, in table order: both named colours seen, colours and shapes, textures, all.
-BASE_FIDELITY = ("subjects_present", "shapes_match", "textures_match", "attributes_match")
+# The base report's fidelity columns, in table order (a subject is tracked by its colour, so "present" means both
+# named colours are seen).
+BASE_COLUMNS = {"subjects_present": "subjects present", "shapes_match": "named colours and shapes",
+                "textures_match": "named textures", "attributes_match": "named attributes rendered"}
+BASE_FIDELITY = tuple(BASE_COLUMNS)
 BOOTSTRAP_RESAMPLES = 10000
 METHODS = {
     # name: (training overrides, roles applied at inference); methods with the same overrides share one training run
@@ -300,28 +303,33 @@ def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int =
                 clip = sample_clip(base, make_caption(relation, s1, s2), seed, sample_steps, cfg, protocol)
                 verdicts.append(evaluate_video(clip, s1, s2))
         report[relation] = {"relation_accuracy": sum(v["relation"] == relation for v in verdicts) / len(verdicts),
-                            **{key: sum(v[key] for v in verdicts) / len(verdicts) for key in BASE_FIDELITY},
+                            **{key: sum(v[key] for v in verdicts) / len(verdicts) for key in BASE_FIDELITY
+                               if protocol.textured or key != "textures_match"},     # v1: no textures to read
                             "held_out": relation in HELD_OUT}
     return report
 
 
 def base_markdown(report: dict, protocol: str = DEFAULT.name) -> str:
     known = [v for v in report.values() if not v["held_out"]]
+    columns = [key for key in BASE_FIDELITY if key in known[0]]     # older reports and v1 lack some
 
     def mean(key):
-        return statistics.mean(v.get(key, 0.0) for v in known)
+        return statistics.mean(v[key] for v in known)
 
+    fidelity = ""
+    if "attributes_match" in columns:
+        split = ", ".join(f"{BASE_COLUMNS[key]} in {mean(key):.3f}" for key in ("shapes_match", "textures_match")
+                          if key in columns)
+        fidelity = (f", named attributes rendered in **{mean('attributes_match'):.3f}** of the clips"
+                    + (f" ({split})" if split else ""))
     lines = [f"## SynthRel base (protocol {protocol}): what it renders before any relation LoRA",
              "",
-             f"Known relations: mean relation accuracy **{mean('relation_accuracy'):.3f}**, named attributes rendered "
-             f"in **{mean('attributes_match'):.3f}** of the clips (named colours and shapes in "
-             f"{mean('shapes_match'):.3f}, named textures in {mean('textures_match'):.3f}); held-out relations are "
-             "not in its training data.",
+             f"Known relations: mean relation accuracy **{mean('relation_accuracy'):.3f}**{fidelity}; held-out "
+             "relations are not in its training data.",
              "",
-             "| relation | held out | relation accuracy | subjects present | named colours and shapes | named textures "
-             "| named attributes rendered |",
-             "|---|---|---|---|---|---|---|"]
+             "| relation | held out | relation accuracy | " + " | ".join(BASE_COLUMNS[k] for k in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for name, v in report.items():
         lines.append(f"| {name} | {'yes' if v['held_out'] else ''} | {v['relation_accuracy']:.3f} | "
-                     + " | ".join(f"{v.get(key, 0.0):.3f}" for key in BASE_FIDELITY) + " |")
+                     + " | ".join(f"{v[key]:.3f}" for key in columns) + " |")
     return "\n".join(lines)
