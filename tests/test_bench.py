@@ -316,3 +316,26 @@ def test_base_report_reads_no_textures_on_v1_and_the_shipped_reports_render_as_d
     doc = (root / "docs" / "benchmarks.md").read_text()
     v2 = json.loads((root / "docs" / "benchmarks" / "synthrel_base_v2.json").read_text())
     assert quality.base_markdown(v2, "v2") in doc and "named textures in 0.236" in doc
+
+
+def test_base_confusion_tool_counts_every_subject_frame_and_reads_ground_truth_right(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from dreamrelation_core.synthrel.base import HELD_OUT
+    from dreamrelation_core.synthrel.render import RELATIONS
+
+    _base_renders_ground_truth(monkeypatch)              # the "sample" is ground truth too
+    path = Path(__file__).resolve().parents[1] / "tools" / "base_confusion.py"
+    spec = importlib.util.spec_from_file_location("base_confusion", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    result = tool.confusion(prompts_per_relation=1, seeds=(0, 1))
+    known = len(RELATIONS) - len(HELD_OUT)
+    assert result["clips"] == 2 * known
+    for attribute in ("texture", "shape"):
+        assert result[attribute]["sample"] == result[attribute]["truth"]
+        table = result[attribute]["truth"]
+        assert sum(sum(row.values()) for row in table.values()) == 2 * known * 2 * 9     # 2 subjects × 9 frames
+        assert all(set(row) == {named} for named, row in table.items())
+    assert "| read right |" in tool.markdown(result) and " | 0." not in tool.markdown(result)
