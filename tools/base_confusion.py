@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import random
 import sys
 from pathlib import Path
 
@@ -22,38 +21,32 @@ from dreamrelation_core.synthrel.base import HELD_OUT  # noqa: E402
 from dreamrelation_core.synthrel.evaluate import colour_map, find  # noqa: E402
 from dreamrelation_core.synthrel.protocol import DEFAULT  # noqa: E402
 from dreamrelation_core.synthrel.recipe import CFG, STEPS  # noqa: E402
-from dreamrelation_core.synthrel.render import (RELATIONS, SHAPES, TEXTURES, caption, random_pair,  # noqa: E402
-                                                render_clip)
+from dreamrelation_core.synthrel.render import SHAPES, TEXTURES, caption, render_clip  # noqa: E402
 
 MISSING = "none"     # the subject's colour not found in the frame
 
 
 def confusion(prompts_per_relation: int = 12, seeds=(0, 1), protocol=DEFAULT) -> dict:
     """{"clips": n, "texture" | "shape": {"sample" | "truth": {named: {read: count}}}}, counted per subject and
-    frame. The prompts are drawn as `quality.base_report` draws them: with 6 a relation they are its own."""
+    frame, on `quality.base_prompts` (with 6 a relation, `bench base`'s own clips) of the known relations."""
     base = quality.build_synthrel_base(protocol.weights)
-    rng = random.Random(1234)
     counts = {attribute: {kind: collections.defaultdict(collections.Counter) for kind in ("sample", "truth")}
               for attribute in ("texture", "shape")}
     clips = 0
-    for relation in RELATIONS:
-        for _ in range(prompts_per_relation):
-            subjects = random_pair(rng, protocol.textured)
-            if relation in HELD_OUT:
-                continue
-            for seed in seeds:
-                videos = {"sample": quality.sample_clip(base, caption(relation, *subjects), seed, STEPS, CFG, protocol),
-                          "truth": render_clip(relation, *subjects, protocol.frames, protocol.size, seed,
-                                               protocol.look)[0]}
-                clips += 1
-                for kind, video in videos.items():
-                    for frame in video:
-                        maps = colour_map(frame)
-                        for subject in subjects:
-                            blob = find(frame, subject.colour, maps)
-                            for attribute in ("texture", "shape"):
-                                read = getattr(blob, attribute) if blob else MISSING
-                                counts[attribute][kind][getattr(subject, attribute)][str(read)] += 1
+    for relation, *subjects, seed in quality.base_prompts(prompts_per_relation, seeds, protocol):
+        if relation in HELD_OUT:
+            continue
+        videos = {"sample": quality.sample_clip(base, caption(relation, *subjects), seed, STEPS, CFG, protocol),
+                  "truth": render_clip(relation, *subjects, protocol.frames, protocol.size, seed, protocol.look)[0]}
+        clips += 1
+        for kind, video in videos.items():
+            for frame in video:
+                maps = colour_map(frame)
+                for subject in subjects:
+                    blob = find(frame, subject.colour, maps)
+                    for attribute in ("texture", "shape"):
+                        read = getattr(blob, attribute) if blob else MISSING
+                        counts[attribute][kind][getattr(subject, attribute)][str(read)] += 1
     return {"clips": clips, "prompts_per_relation": prompts_per_relation, "seeds": list(seeds),
             **{attribute: {kind: {named: dict(row) for named, row in table.items()} for kind, table in by_kind.items()}
                for attribute, by_kind in counts.items()}}

@@ -279,29 +279,40 @@ def markdown(result: dict, study: bool = False) -> str:
     return "\n".join(lines)
 
 
+def base_prompts(prompts_per_relation: int = 6, seeds=(0, 1), protocol: Protocol = DEFAULT):
+    """The base report's draw: (relation, subject1, subject2, seed) for `prompts_per_relation` random subject pairs
+    (named whole) per relation, each with every seed, relation by relation."""
+    import random
+
+    from .render import RELATIONS, random_pair
+
+    rng = random.Random(1234)
+    for relation in RELATIONS:
+        for _ in range(prompts_per_relation):
+            s1, s2 = random_pair(rng, protocol.textured)
+            for seed in seeds:
+                yield relation, s1, s2, seed
+
+
 def base_report(prompts_per_relation: int = 6, seeds=(0, 1), sample_steps: int = STEPS, cfg: float = CFG,
                 progress: bool = True, protocol: Protocol = DEFAULT) -> dict:
-    """Per-relation accuracy of the pretrained base on random subject pairs (named whole): known relations should be
-    rendered well, held-out ones should not be, and the named attributes should show (prompt fidelity). Fidelity is
-    also split: both subjects' named colours and shapes (`shapes_match`, colours being how subjects are tracked), and
-    both named textures (`textures_match`)."""
-    import random
+    """Per-relation accuracy of the pretrained base on `base_prompts`: known relations should be rendered well,
+    held-out ones should not be, and the named attributes should show (prompt fidelity). Fidelity is also split: both
+    subjects' named colours and shapes (`shapes_match`, colours being how subjects are tracked), and both named
+    textures (`textures_match`)."""
+    import itertools
 
     from tqdm.auto import tqdm
 
     from .evaluate import evaluate_video
-    from .render import RELATIONS, random_pair
+    from .render import RELATIONS
 
     base = build_synthrel_base(protocol.weights)
-    rng = random.Random(1234)
     report = {}
-    for relation in tqdm(list(RELATIONS), desc="base per relation", disable=not progress):
-        verdicts = []
-        for _ in range(prompts_per_relation):
-            s1, s2 = random_pair(rng, protocol.textured)
-            for seed in seeds:
-                clip = sample_clip(base, make_caption(relation, s1, s2), seed, sample_steps, cfg, protocol)
-                verdicts.append(evaluate_video(clip, s1, s2))
+    draws = itertools.groupby(base_prompts(prompts_per_relation, seeds, protocol), key=lambda draw: draw[0])
+    for relation, draw in tqdm(draws, total=len(RELATIONS), desc="base per relation", disable=not progress):
+        verdicts = [evaluate_video(sample_clip(base, make_caption(relation, s1, s2), seed, sample_steps, cfg,
+                                               protocol), s1, s2) for _, s1, s2, seed in draw]
         report[relation] = {"relation_accuracy": sum(v["relation"] == relation for v in verdicts) / len(verdicts),
                             **{key: sum(v[key] for v in verdicts) / len(verdicts) for key in BASE_FIDELITY
                                if protocol.textured or key != "textures_match"},     # v1: no textures to read
